@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the local cluster runs: nginx and redis-server.
+set -euo pipefail
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing ${missing[*]}; install them as root: apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+echo "Installing ${missing[*]} from Debian"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# policy-rc.d keeps the packages' own services from starting: the cluster runs its own.
+policy=/usr/sbin/policy-rc.d
+[ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

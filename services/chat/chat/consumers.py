@@ -1,0 +1,171 @@
+"""The chat consumers: the async one serves, the sync one is kept for benchmarks.
+
+Both speak the protocol in chat.protocol and keep the tutorial's shape.
+"""
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from . import protocol
+
+logger = logging.getLogger(__name__)
+
+# What the channel layer raises when Redis cannot take a message.
+LAYER_ERRORS = (RedisError, OSError, ChannelFull)
+
+# WebSocket close code "try again later" (RFC 6455, IANA registry).
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class RoomMixin:
+    """What both consumers derive from the scope and settings."""
+
+    consumer_kind = None
+    room_group_name = None
+
+    def resolve_room(self):
+        self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
+        self.room_group_name = protocol.room_group_name(self.room_name)
+        return self.room_group_name is not None
+
+    def accept_arguments(self):
+        subprotocol = protocol.choose_subprotocol(self.scope.get("subprotocols", ()))
+        headers = [(b"x-chat-replica", settings.CHAT_REPLICA_ID.encode())]
+        return subprotocol, headers
+
+    def welcome(self):
+        return protocol.welcome_frame(
+            settings.CHAT_REPLICA_ID,
+            self.room_name,
+            self.consumer_kind,
+            settings.CHAT_MAX_MESSAGE_BYTES,
+        )
+
+    def log_layer_error(self, action, error):
+        logger.warning("%s failed for %s: %r", action, self.room_group_name, error)
+
+
+class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
+    consumer_kind = "async"
+
+    async def connect(self):
+        valid_room = self.resolve_room()
+        subprotocol, headers = self.accept_arguments()
+        if not valid_room:
+            # Accept first, so that the client can read why it is refused.
+            await self.accept(subprotocol, headers)
+            await self.send(text_data=protocol.ProtocolError("invalid_room").frame())
+            await self.close(code=protocol.CLOSE_INVALID_ROOM, reason="invalid room name")
+            return
+
+        # Join room group
+        try:
+            await self.channel_layer.group_add(self.room_group_name, self.channel_name)
+        except LAYER_ERRORS as error:
+            self.log_layer_error("group_add", error)
+            await self.accept(subprotocol, headers)
+            await self.send(text_data=protocol.ProtocolError("unavailable").frame())
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+
+        await self.accept(subprotocol, headers)
+        if subprotocol:
+            await self.send(text_data=self.welcome())
+
+    async def disconnect(self, close_code):
+        # Leave room group
+        if self.room_group_name:
+            try:
+                await self.channel_layer.group_discard(self.room_group_name, self.channel_name)
+            except LAYER_ERRORS as error:
+                self.log_layer_error("group_discard", error)
+
+    # Receive message from WebSocket
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            message = protocol.parse_client_frame(
+                text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
+            )
+        except protocol.ProtocolError as error:
+            await self.send(text_data=error.frame())
+            return
+
+        # Send message to room group
+        try:
+            await self.channel_layer.group_send(
+                self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
+            )
+        except LAYER_ERRORS as error:
+            self.log_layer_error("group_send", error)
+            await self.send(text_data=protocol.ProtocolError("unavailable").frame())
+
+    # Receive message from room group
+    async def chat_message(self, event):
+        # Send message to WebSocket
+        await self.send(text_data=event["frame"])
+
+
+class SyncChatConsumer(RoomMixin, WebsocketConsumer):
+    consumer_kind = "sync"
+
+    def connect(self):
+        valid_room = self.resolve_room()
+        subprotocol, headers = self.accept_arguments()
+        if not valid_room:
+            self.accept(subprotocol, headers)
+            self.send(text_data=protocol.ProtocolError("invalid_room").frame())
+            self.close(code=protocol.CLOSE_INVALID_ROOM, reason="invalid room name")
+            return
+
+        # Join room group
+        try:
+            async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
+        except LAYER_ERRORS as error:
+            self.log_layer_error("group_add", error)
+            self.accept(subprotocol, headers)
+            self.send(text_data=protocol.ProtocolError("unavailable").frame())
+            self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+
+        self.accept(subprotocol, headers)
+        if subprotocol:
+            self.send(text_data=self.welcome())
+
+    def disconnect(self, close_code):
+        # Leave room group
+        if self.room_group_name:
+            try:
+                async_to_sync(self.channel_layer.group_discard)(
+                    self.room_group_name, self.channel_name
+                )
+            except LAYER_ERRORS as error:
+                self.log_layer_error("group_discard", error)
+
+    # Receive message from WebSocket
+    def receive(self, text_data=None, bytes_data=None):
+        try:
+            message = protocol.parse_client_frame(
+                text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
+            )
+        except protocol.ProtocolError as error:
+            self.send(text_data=error.frame())
+            return
+
+        # Send message to room group
+        try:
+            async_to_sync(self.channel_layer.group_send)(
+                self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
+            )
+        except LAYER_ERRORS as error:
+            self.log_layer_error("group_send", error)
+            self.send(text_data=protocol.ProtocolError("unavailable").frame())
+
+    # Receive message from room group
+    def chat_message(self, event):
+        # Send message to WebSocket
+        self.send(text_data=event["frame"])

@@ -1,0 +1,159 @@
+"""Settings of the chat service, read from environment variables.
+
+Every variable is documented in the configuration table of README.md. Defaults
+are safe for a single machine; production mode (DJANGO_DEBUG off, the default)
+refuses to start without a secret key.
+"""
+
+import os
+import socket
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def env(name, default=None):
+    value = os.environ.get(name, "").strip()
+    return value if value else default
+
+
+def env_bool(name, default):
+    value = env(name)
+    if value is None:
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
+
+
+def env_int(name, default, minimum=1):
+    value = env(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+    return number
+
+
+def env_choice(name, default, choices):
+    value = env(name, default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+SECRET_KEY = env("DJANGO_SECRET_KEY")
+if SECRET_KEY is None:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off")
+    SECRET_KEY = "insecure-development-key-used-only-with-DJANGO_DEBUG"
+
+# Also checked against the Origin header of every WebSocket handshake.
+ALLOWED_HOSTS = env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.staticfiles",
+    "channels",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "chat.middleware.replica_header",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    },
+]
+
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+# The chat keeps no relational data.
+DATABASES = {}
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+STATIC_URL = "static/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")},
+}
+
+# --- The chat service -------------------------------------------------------
+
+# Names the replica in the X-Chat-Replica header and the welcome frame.
+CHAT_REPLICA_ID = env("CHAT_REPLICA_ID", socket.gethostname())
+
+# "async" is the product (tutorial part 3); "sync" (part 2) is kept for benchmarks.
+CHAT_CONSUMER = env_choice("CHAT_CONSUMER", "async", ("async", "sync"))
+
+# Largest text frame a client may send, in bytes of UTF-8.
+CHAT_MAX_MESSAGE_BYTES = env_int("CHAT_MAX_MESSAGE_BYTES", 4096)
+
+# --- Channel layer ----------------------------------------------------------
+#
+# "pubsub" (RedisPubSubChannelLayer) is the default: measured on this machine
+# type, the core RedisChannelLayer silently drops messages once a channel holds
+# `capacity` messages, while the pub/sub layer dropped none and carried about
+# twice the throughput. Pub/sub delivers at most once and keeps nothing for an
+# absent consumer, which is what a live chat wants. "core" stays selectable.
+CHAT_CHANNEL_LAYER = env_choice("CHAT_CHANNEL_LAYER", "pubsub", ("pubsub", "core", "memory"))
+
+REDIS_URLS = env("REDIS_URLS", "redis://127.0.0.1:6379/0").split(",")
+
+# redis-py 8 gives every socket a 5 s timeout and caps a pool at 100
+# connections. The first kills each idle replica's blocking receive loop (every
+# WebSocket then closes with 1011); the second turns connect bursts into HTTP
+# 500s. So: no read timeout, a bounded connect timeout, a larger pool.
+REDIS_CONNECTION_OPTIONS = {
+    "socket_timeout": None,
+    "socket_connect_timeout": env_int("REDIS_CONNECT_TIMEOUT", 5),
+    "socket_keepalive": True,
+    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
+}
+REDIS_HOSTS = [{"address": url, **REDIS_CONNECTION_OPTIONS} for url in REDIS_URLS]
+
+if CHAT_CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": REDIS_HOSTS},
+        }
+    }
+elif CHAT_CHANNEL_LAYER == "core":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": REDIS_HOSTS,
+                # Messages past this many per channel are dropped silently.
+                "capacity": env_int("CHAT_LAYER_CAPACITY", 1000),
+                # Must not be lower than Daphne's websocket timeout (86400 s).
+                "group_expiry": 86400,
+            },
+        }
+    }
+else:
+    # One process only: for tests and `manage.py runserver`.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
