@@ -28,7 +28,7 @@ status: venv ## Show each process of the local cluster and whether each replica 
 logs: venv ## Print the last lines of every log (FOLLOW=1 to keep reading)
 	@$(CLUSTER) logs $(if $(FOLLOW),--follow)
 
-test: deps ## Run every test: unit tests, then integration tests against a real cluster
+test: deps lint ## Run every check: lint, unit tests, integration tests against a real cluster
 	$(PYTHON) -m pytest
 
 test-unit: venv ## Run the fast unit tests only

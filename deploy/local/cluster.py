@@ -167,9 +167,7 @@ class Cluster:
         return path.read_text().strip()
 
     def replica_environment(self, name):
-        environment = {
-            name: os.environ[name] for name in SERVICE_SETTINGS if os.environ.get(name)
-        }
+        environment = {name: os.environ[name] for name in SERVICE_SETTINGS if os.environ.get(name)}
         environment.update(
             DJANGO_SETTINGS_MODULE="chatsite.settings",
             DJANGO_SECRET_KEY=self.secret_key(),
@@ -229,8 +227,12 @@ class Cluster:
 
     def write_configuration(self):
         """Writes the generated files; returns the names of those that changed."""
-        for directory in (self.run_dir, self.log_dir, self.run_dir / "nginx",
-                          self.run_dir / "redis"):
+        for directory in (
+            self.run_dir,
+            self.log_dir,
+            self.run_dir / "nginx",
+            self.run_dir / "redis",
+        ):
             directory.mkdir(parents=True, exist_ok=True)
         changed = []
         for name, text in self.rendered_files().items():
@@ -313,8 +315,10 @@ class Cluster:
     # --- Health -------------------------------------------------------------
 
     def probe_urls(self):
-        urls = {name: f"http://{HOST}:{port}{self.readiness_path}"
-                for name, port in self.replica_ports.items()}
+        urls = {
+            name: f"http://{HOST}:{port}{self.readiness_path}"
+            for name, port in self.replica_ports.items()
+        }
         urls["nginx"] = f"{self.lb_url}{self.lb_health_path}"
         return urls
 
@@ -341,9 +345,7 @@ class Cluster:
                 return
             if time.monotonic() > deadline:
                 waiting = {name: state for name, state in states.items() if state != "ready"}
-                raise ClusterError(
-                    f"Not ready after {timeout} s: {waiting}.\n{self.log_tail(20)}"
-                )
+                raise ClusterError(f"Not ready after {timeout} s: {waiting}.\n{self.log_tail(20)}")
             time.sleep(0.2)
 
     def log_tail(self, lines):
@@ -400,8 +402,10 @@ class Cluster:
         ports = {**self.replica_ports, "nginx": self.lb_port, "redis": self.redis_port}
         for process in self.processes():
             name = process["name"]
-            print(f"{name:10} {process['statename']:9} pid {process['pid']:<8} "
-                  f"port {ports.get(name, '-'):<6} {readiness.get(name, '')}")
+            print(
+                f"{name:10} {process['statename']:9} pid {process['pid']:<8} "
+                f"port {ports.get(name, '-'):<6} {readiness.get(name, '')}"
+            )
         return all(p["statename"] == "RUNNING" for p in self.processes()) and all(
             state == "ready" for state in readiness.values()
         )
@@ -429,8 +433,11 @@ def alive(pid):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", default=os.environ.get("RUN_DIR") or ROOT / ".run" / "local",
-                        help="where generated configuration, logs and PIDs go")
+    parser.add_argument(
+        "--run-dir",
+        default=os.environ.get("RUN_DIR") or ROOT / ".run" / "local",
+        help="where generated configuration, logs and PIDs go",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start, or apply changed settings")
     up.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
@@ -453,13 +460,17 @@ def main(argv=None):
         elif args.command == "logs":
             cluster.logs(args.lines, args.follow)
         elif args.command == "describe":
-            print(json.dumps({
-                "lb_url": cluster.lb_url,
-                "replica_ports": cluster.replica_ports,
-                "redis_url": cluster.redis_url,
-                "log_dir": str(cluster.log_dir),
-                "supervisor_pid": cluster.supervisor_pid(),
-            }))
+            print(
+                json.dumps(
+                    {
+                        "lb_url": cluster.lb_url,
+                        "replica_ports": cluster.replica_ports,
+                        "redis_url": cluster.redis_url,
+                        "log_dir": str(cluster.log_dir),
+                        "supervisor_pid": cluster.supervisor_pid(),
+                    }
+                )
+            )
     except ClusterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

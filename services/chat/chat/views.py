@@ -39,11 +39,17 @@ async def readyz(request):
         redis = {"memory": "ok"}
     else:
         results = await asyncio.gather(*(_ping(url) for url in settings.REDIS_URLS))
-        redis = {_display_name(url): result for url, result in zip(settings.REDIS_URLS, results)}
+        redis = {
+            _display_name(url): result
+            for url, result in zip(settings.REDIS_URLS, results, strict=True)
+        }
     ready = all(state == "ok" for state in redis.values())
     return JsonResponse(
-        {"status": "ok" if ready else "unavailable", "replica": settings.CHAT_REPLICA_ID,
-         "redis": redis},
+        {
+            "status": "ok" if ready else "unavailable",
+            "replica": settings.CHAT_REPLICA_ID,
+            "redis": redis,
+        },
         status=200 if ready else 503,
     )
 

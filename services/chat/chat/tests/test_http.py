@@ -1,0 +1,125 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from chatsite.asgi import application
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+TUTORIAL_IDS = ["room-name-input", "room-name-submit"]
+ROOM_IDS = ["chat-log", "chat-message-input", "chat-message-submit"]
+
+
+def test_index_page_keeps_tutorial_ids(client):
+    """Tests that the index page has the tutorial's element ids and names its replica."""
+    response = client.get("/chat/")
+    assert response.status_code == 200
+    assert response["X-Chat-Replica"] == "unit-test"
+    for element_id in TUTORIAL_IDS:
+        assert f'id="{element_id}"' in response.content.decode()
+
+
+def test_room_page_keeps_tutorial_ids(client):
+    """Tests that the room page has the tutorial's element ids and the room name as JSON."""
+    response = client.get("/chat/lobby/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    for element_id in ROOM_IDS:
+        assert f'id="{element_id}"' in page
+    assert '<script id="room-name" type="application/json">"lobby"</script>' in page
+
+
+@pytest.mark.parametrize("room", ["caf%C3%A9", "x" * 81])
+def test_invalid_room_page_is_404_with_the_rule(client, room):
+    """Tests that a bad room name gets a page saying what a room name may be."""
+    response = client.get(f"/chat/{room}/")
+    assert response.status_code == 404
+    assert "1 to 80 characters" in response.content.decode()
+
+
+def test_room_name_is_escaped_in_page(client):
+    """Tests that markup in a room URL is not rendered (it is also an invalid name)."""
+    response = client.get("/chat/%3Cb%3Ex%3C%2Fb%3E/")
+    assert response.status_code == 404
+    assert "<b>x</b>" not in response.content.decode()
+
+
+def test_root_redirects_to_index(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/chat/"
+
+
+def test_probes_answer(client):
+    """Tests liveness and readiness with the in-memory layer."""
+    assert client.get("/healthz").json() == {"status": "ok", "replica": "unit-test"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("headers", "accepted"),
+    [
+        ([(b"origin", b"http://127.0.0.1:8080")], True),
+        ([(b"origin", b"http://evil.example")], False),
+        ([], False),
+    ],
+    ids=["allowed-host", "foreign", "missing"],
+)
+async def test_origin_is_checked_against_allowed_hosts(headers, accepted):
+    """Tests that the ASGI application validates Origin as Channels recommends."""
+    communicator = WebsocketCommunicator(application, "/ws/chat/lobby/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected is accepted
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CHAT_CONSUMER", "threads", "CHAT_CONSUMER must be one of async, sync"),
+        ("CHAT_CHANNEL_LAYER", "kafka", "CHAT_CHANNEL_LAYER must be one of"),
+        ("CHAT_MAX_MESSAGE_BYTES", "lots", "must be a whole number"),
+        ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY is required"),
+    ],
+)
+def test_bad_settings_fail_fast_with_a_clear_message(variable, value, message):
+    """Tests that a bad or missing setting stops start-up and names the variable."""
+    environment = {"DJANGO_SECRET_KEY": "k", variable: value, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import chatsite.settings"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        cwd="services/chat",
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_redis_hosts_have_no_socket_timeout_and_a_large_pool():
+    """Tests the guard against redis-py 8's 5 s socket timeout and 100-connection pool."""
+    code = "import json, chatsite.settings as s; print(json.dumps(s.CHANNEL_LAYERS))"
+    environment = {
+        "DJANGO_SECRET_KEY": "k",
+        "REDIS_URLS": "redis://a:1/0,redis://b:2/0",
+        "PATH": "/usr/bin:/bin",
+    }
+    for layer in ("pubsub", "core"):
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**environment, "CHAT_CHANNEL_LAYER": layer},
+            capture_output=True,
+            text=True,
+            cwd="services/chat",
+            check=True,
+        )
+        hosts = json.loads(result.stdout)["default"]["CONFIG"]["hosts"]
+        assert [host["address"] for host in hosts] == ["redis://a:1/0", "redis://b:2/0"]
+        for host in hosts:
+            assert host["socket_timeout"] is None
+            assert host["max_connections"] >= 1000
