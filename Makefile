@@ -8,8 +8,6 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
-# Passed on to every replica and to the cluster script.
-export REPLICAS LB_PORT CHAT_PORT REDIS_PORT CHAT_CONSUMER CHAT_CHANNEL_LAYER
 
 .PHONY: help up down restart status logs test test-unit test-integration lint deps system-deps venv lock clean
 
