@@ -187,7 +187,7 @@ class Cluster:
             host=HOST,
             lb_port=self.lb_port,
             redis_port=self.redis_port,
-            lb_health_path=self.lb_health_path,
+            deploy_dir=DEPLOY,
         )
         replicas = "".join(
             render(

@@ -50,6 +50,9 @@ def test_probes(cluster):
         }
         status, _, _ = get(f"http://127.0.0.1:{cluster.replica_port(number)}/healthz")
         assert status == 200
+        status, _, body = get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics")
+        assert status == 200
+        assert f'consumer="async",replica="chat-{number}"' in body
 
 
 @pytest.mark.parametrize("room", ["caf%C3%A9", "x" * 81])

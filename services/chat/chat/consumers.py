@@ -4,6 +4,7 @@ Both speak the protocol in chat.protocol and keep the tutorial's shape.
 """
 
 import logging
+import time
 
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
@@ -11,7 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from . import protocol
+from . import metrics, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class RoomMixin:
 
     consumer_kind = None
     room_group_name = None
+    joined = False
 
     def resolve_room(self):
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
@@ -48,6 +50,27 @@ class RoomMixin:
 
     def log_layer_error(self, action, error):
         logger.warning("%s failed for %s: %r", action, self.room_group_name, error)
+        metrics.errors.labels(f"{action}_failed").inc()
+
+    def count_join(self):
+        self.joined = True
+        metrics.connects.inc()
+        metrics.connections_open.inc()
+
+    def count_leave(self):
+        if self.joined:
+            self.joined = False
+            metrics.disconnects.inc()
+            metrics.connections_open.dec()
+
+    @staticmethod
+    def count_error(error):
+        metrics.errors.labels(error.code).inc()
+
+    @staticmethod
+    def count_delivery(event):
+        metrics.messages_delivered.inc()
+        metrics.delivery_latency.observe(time.time() - event["sent_at"])
 
 
 class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
@@ -74,10 +97,12 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
             return
 
         await self.accept(subprotocol, headers)
+        self.count_join()
         if subprotocol:
             await self.send(text_data=self.welcome())
 
     async def disconnect(self, close_code):
+        self.count_leave()
         # Leave room group
         if self.room_group_name:
             try:
@@ -92,14 +117,18 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
                 text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
             )
         except protocol.ProtocolError as error:
+            self.count_error(error)
             await self.send(text_data=error.frame())
             return
 
+        metrics.messages_received.inc()
         # Send message to room group
         try:
-            await self.channel_layer.group_send(
-                self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
-            )
+            with metrics.group_send_duration.time():
+                await self.channel_layer.group_send(
+                    self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
+                )
+            metrics.group_sends.inc()
         except LAYER_ERRORS as error:
             self.log_layer_error("group_send", error)
             await self.send(text_data=protocol.ProtocolError("unavailable").frame())
@@ -108,6 +137,7 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
     async def chat_message(self, event):
         # Send message to WebSocket
         await self.send(text_data=event["frame"])
+        self.count_delivery(event)
 
 
 class SyncChatConsumer(RoomMixin, WebsocketConsumer):
@@ -133,10 +163,12 @@ class SyncChatConsumer(RoomMixin, WebsocketConsumer):
             return
 
         self.accept(subprotocol, headers)
+        self.count_join()
         if subprotocol:
             self.send(text_data=self.welcome())
 
     def disconnect(self, close_code):
+        self.count_leave()
         # Leave room group
         if self.room_group_name:
             try:
@@ -153,14 +185,18 @@ class SyncChatConsumer(RoomMixin, WebsocketConsumer):
                 text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
             )
         except protocol.ProtocolError as error:
+            self.count_error(error)
             self.send(text_data=error.frame())
             return
 
+        metrics.messages_received.inc()
         # Send message to room group
         try:
-            async_to_sync(self.channel_layer.group_send)(
-                self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
-            )
+            with metrics.group_send_duration.time():
+                async_to_sync(self.channel_layer.group_send)(
+                    self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
+                )
+            metrics.group_sends.inc()
         except LAYER_ERRORS as error:
             self.log_layer_error("group_send", error)
             self.send(text_data=protocol.ProtocolError("unavailable").frame())
@@ -169,3 +205,4 @@ class SyncChatConsumer(RoomMixin, WebsocketConsumer):
     def chat_message(self, event):
         # Send message to WebSocket
         self.send(text_data=event["frame"])
+        self.count_delivery(event)

@@ -20,6 +20,7 @@ Error codes and close codes are listed in ERRORS and CLOSE_* below and in README
 
 import json
 import re
+import time
 
 SUBPROTOCOL = "chat.v1"
 
@@ -85,7 +86,7 @@ def parse_client_frame(text_data, bytes_data, max_bytes):
 def chat_event(message, replica):
     """Builds the group event for a message; its frame is encoded once, by the sender."""
     frame = json.dumps({"type": "chat", "message": message, "sent_via": replica})
-    return {"type": "chat.message", "frame": frame}
+    return {"type": "chat.message", "frame": frame, "sent_at": time.time()}
 
 
 def welcome_frame(replica, room_name, consumer, max_bytes):

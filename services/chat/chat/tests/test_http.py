@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from channels.testing import WebsocketCommunicator
+from channels.testing import HttpCommunicator, WebsocketCommunicator
 
 from chatsite.asgi import application
 
@@ -53,12 +53,63 @@ def test_root_redirects_to_index(client):
     assert response["Location"] == "/chat/"
 
 
-def test_probes_answer(client):
-    """Tests liveness and readiness with the in-memory layer."""
-    assert client.get("/healthz").json() == {"status": "ok", "replica": "unit-test"}
-    ready = client.get("/readyz")
-    assert ready.status_code == 200
-    assert ready.json()["status"] == "ok"
+async def http_get(path, host=b"10.1.2.3:8001"):
+    """A request through the whole ASGI application, with a Host Django does not allow."""
+    communicator = HttpCommunicator(application, "GET", path, headers=[(b"host", host)])
+    response = await communicator.get_response()
+    return response["status"], dict(response["headers"]), response["body"].decode()
+
+
+async def test_probes_answer_any_host():
+    """Tests that probes answer a kubelet or Prometheus that addresses the replica by IP."""
+    status, headers, body = await http_get("/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok", "replica": "unit-test"})
+    assert headers[b"x-chat-replica"] == b"unit-test"
+    status, _, body = await http_get("/readyz")
+    assert status == 200
+    assert json.loads(body)["status"] == "ok"
+
+
+async def test_django_still_checks_the_host():
+    """Tests that pages, unlike probes, refuse a Host outside DJANGO_ALLOWED_HOSTS."""
+    status, _, _ = await http_get("/chat/")
+    assert status == 400
+    status, _, _ = await http_get("/chat/", host=b"127.0.0.1:8080")
+    assert status == 200
+
+
+async def test_metrics_count_connections_and_messages():
+    """Tests that /metrics exposes the chat counters and moves with traffic."""
+
+    def sample(body, name):
+        line = next(line for line in body.splitlines() if line.startswith(name + " "))
+        return float(line.split()[1])
+
+    _, _, before = await http_get("/metrics")
+    communicator = WebsocketCommunicator(
+        application, "/ws/chat/metrics/", headers=[(b"origin", b"http://127.0.0.1:8080")]
+    )
+    assert (await communicator.connect())[0]
+    await communicator.send_json_to({"message": "count me"})
+    await communicator.receive_json_from()
+    await communicator.send_to(text_data="{")
+    await communicator.receive_json_from()
+    status, headers, after = await http_get("/metrics")
+    await communicator.disconnect()
+
+    assert status == 200
+    assert headers[b"x-chat-replica"] == b"unit-test"
+    for name in (
+        "chat_connects_total",
+        "chat_messages_received_total",
+        "chat_messages_delivered_total",
+        "chat_group_sends_total",
+    ):
+        assert sample(after, name) == sample(before, name) + 1, name
+    assert sample(after, "chat_connections_open") == sample(before, "chat_connections_open") + 1
+    assert 'chat_errors_total{code="invalid_json"}' in after
+    assert "chat_delivery_latency_seconds_bucket" in after
+    assert 'chat_info{channel_layer="memory",consumer="async",replica="unit-test"} 1.0' in after
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,7 @@ def test_chat_event_carries_a_ready_frame():
     """Tests that the group event holds the encoded frame sent to every member."""
     event = protocol.chat_event("hello <b>", "chat-2")
     assert event["type"] == "chat.message"
+    assert event["sent_at"] > 0
     assert json.loads(event["frame"]) == {
         "type": "chat",
         "message": "hello <b>",

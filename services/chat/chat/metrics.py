@@ -1,0 +1,73 @@
+"""Prometheus metrics of one replica, served at /metrics.
+
+Names follow Prometheus conventions (namespace_name_unit, counters end in
+_total). The replica, consumer kind and channel layer are labels of one info
+metric rather than of every series; Prometheus adds `instance` to each.
+"""
+
+from django.conf import settings
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+NAMESPACE = "chat"
+
+# Buckets for work that takes from a tenth of a millisecond to seconds.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+)
+
+replica_info = Info(NAMESPACE, "The replica, its consumer kind and channel layer.")
+replica_info.info(
+    {
+        "replica": settings.CHAT_REPLICA_ID,
+        "consumer": settings.CHAT_CONSUMER,
+        "channel_layer": settings.CHAT_CHANNEL_LAYER,
+    }
+)
+
+connections_open = Gauge("connections_open", "WebSocket connections open now.", namespace=NAMESPACE)
+connects = Counter("connects", "WebSocket connections accepted into a room.", namespace=NAMESPACE)
+disconnects = Counter(
+    "disconnects", "WebSocket connections closed after joining a room.", namespace=NAMESPACE
+)
+messages_received = Counter(
+    "messages_received", "Chat messages received from clients and accepted.", namespace=NAMESPACE
+)
+messages_delivered = Counter(
+    "messages_delivered", "Chat messages sent to clients of this replica.", namespace=NAMESPACE
+)
+group_sends = Counter(
+    "group_sends", "Messages handed to the channel layer's group_send.", namespace=NAMESPACE
+)
+errors = Counter(
+    "errors",
+    "Client frames or operations answered with an error, by error code.",
+    ["code"],
+    namespace=NAMESPACE,
+)
+group_send_duration = Histogram(
+    "group_send_duration_seconds",
+    "Time group_send took, as seen by the sending replica.",
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)
+delivery_latency = Histogram(
+    "delivery_latency_seconds",
+    "From the sending replica's group_send to the frame sent on this replica "
+    "(wall clocks of two replicas: meaningful on one host or with synchronised clocks).",
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)

@@ -1,0 +1,87 @@
+"""Probes and metrics, answered before Django so that they need no allowed Host:
+kubelets and Prometheus address a replica by its IP."""
+
+import asyncio
+import json
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from prometheus_client import make_asgi_app
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+# A readiness probe must answer well within the prober's own timeout.
+REDIS_PING_TIMEOUT = 1.0
+
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
+METRICS_PATH = "/metrics"
+
+
+class OperationalEndpoints:
+    """ASGI middleware: /healthz, /readyz and /metrics here, everything else to Django."""
+
+    def __init__(self, application):
+        self.application = application
+        self.metrics_app = make_asgi_app()
+        self.replica_header = (b"x-chat-replica", settings.CHAT_REPLICA_ID.encode())
+
+    async def __call__(self, scope, receive, send):
+        path = scope["path"]
+        if path == LIVENESS_PATH:
+            await self.respond(send, 200, {"status": "ok", "replica": settings.CHAT_REPLICA_ID})
+        elif path == READINESS_PATH:
+            redis = await redis_states()
+            ready = all(state == "ok" for state in redis.values())
+            body = {
+                "status": "ok" if ready else "unavailable",
+                "replica": settings.CHAT_REPLICA_ID,
+                "redis": redis,
+            }
+            await self.respond(send, 200 if ready else 503, body)
+        elif path == METRICS_PATH:
+            await self.metrics_app(scope, receive, self.with_replica_header(send))
+        else:
+            await self.application(scope, receive, send)
+
+    async def respond(self, send, status, body):
+        headers = [(b"content-type", b"application/json"), self.replica_header]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+    def with_replica_header(self, send):
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.replica_header]}
+            await send(message)
+
+        return send_with_header
+
+
+async def redis_states():
+    """Each Redis of the channel layer, by host:port, and whether it answers a PING."""
+    if settings.CHAT_CHANNEL_LAYER == "memory":
+        return {"memory": "ok"}
+    results = await asyncio.gather(*(ping(url) for url in settings.REDIS_URLS))
+    return {
+        display_name(url): result for url, result in zip(settings.REDIS_URLS, results, strict=True)
+    }
+
+
+def display_name(url):
+    # host:port only: a Redis URL may carry a password.
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+async def ping(url):
+    client = aioredis.Redis.from_url(
+        url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
+    )
+    try:
+        await client.ping()
+        return "ok"
+    except (RedisError, OSError) as error:
+        return f"unreachable: {error.__class__.__name__}"
+    finally:
+        await client.aclose()
