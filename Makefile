@@ -6,10 +6,12 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+# checkov pins packages that clash with the dev tools, so it has a venv of its own.
+SCAN_VENV ?= .venv-scan
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
 
-.PHONY: help up down restart status logs test test-unit test-integration lint deps system-deps venv lock clean
+.PHONY: help up down status logs test test-unit test-integration lint deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -26,7 +28,7 @@ status: venv ## Show each process of the local cluster and whether each replica 
 logs: venv ## Print the last lines of every log (FOLLOW=1 to keep reading)
 	@$(CLUSTER) logs $(if $(FOLLOW),--follow)
 
-test: deps lint ## Run every check: lint, unit tests, integration tests against a real cluster
+test: deps scan-venv lint ## Run every check: lint, unit tests, integration tests against a real cluster
 	$(PYTHON) -m pytest
 
 test-unit: venv ## Run the fast unit tests only
@@ -51,10 +53,18 @@ $(VENV)/.installed: requirements-dev.txt services/chat/requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
+scan-venv: $(SCAN_VENV)/.installed ## Create the virtualenv of the IaC scanner (checkov)
+
+$(SCAN_VENV)/.installed: requirements-scan.txt
+	@test -x $(SCAN_VENV)/bin/python || python3 -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-scan.txt
+	@touch $@
+
 lock: venv ## Recompile the pinned requirements from the .in files
 	$(PYTHON) -m pip install --quiet pip-tools
 	cd services/chat && ../../$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
 	$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
+	$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-scan.txt requirements-scan.in
 
 clean: down ## Stop the cluster and remove the virtualenv and run directory
-	rm -rf $(VENV) .run
+	rm -rf $(VENV) $(SCAN_VENV) .run

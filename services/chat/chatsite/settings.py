@@ -11,7 +11,12 @@ import socket
 from django.core.exceptions import ImproperlyConfigured
 
 
+# Every variable the settings read, for tests/test_single_source.py.
+ENVIRONMENT_VARIABLES = set()
+
+
 def env(name, default=None):
+    ENVIRONMENT_VARIABLES.add(name)
     value = os.environ.get(name, "").strip()
     return value if value else default
 
@@ -49,10 +54,19 @@ def env_choice(name, default, choices):
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
+# From the variable, or from a file (a mounted Kubernetes Secret) named by _FILE.
 SECRET_KEY = env("DJANGO_SECRET_KEY")
+if SECRET_KEY is None and env("DJANGO_SECRET_KEY_FILE"):
+    try:
+        with open(env("DJANGO_SECRET_KEY_FILE")) as secret_file:
+            SECRET_KEY = secret_file.read().strip() or None
+    except OSError as error:
+        raise ImproperlyConfigured(f"DJANGO_SECRET_KEY_FILE cannot be read: {error}") from None
 if SECRET_KEY is None:
     if not DEBUG:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off")
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE is required when DJANGO_DEBUG is off"
+        )
     SECRET_KEY = "insecure-development-key-used-only-with-DJANGO_DEBUG"
 
 # Also checked against the Origin header of every WebSocket handshake.

@@ -1,0 +1,152 @@
+"""One source of truth: the ports, environment variable names and probe paths of
+deploy/defaults.env are the ones the service reads and serves, and the ones the
+local cluster, compose and Kubernetes use."""
+
+import re
+
+from chat import operations
+
+from .deploy import (
+    ROOT,
+    compose,
+    defaults,
+    k8s_config_file,
+    k8s_container,
+    k8s_object,
+    kustomize,
+    load_local_cluster,
+    nginx_listen_ports,
+    service_settings_read,
+)
+
+DOCKERFILE = (ROOT / "services" / "chat" / "Dockerfile").read_text()
+LOCATIONS = (ROOT / "deploy" / "nginx" / "chat-locations.conf").read_text()
+NGINX_COMPOSE = (ROOT / "deploy" / "nginx" / "nginx.compose.conf").read_text()
+PROMETHEUS_COMPOSE = (ROOT / "deploy" / "prometheus" / "prometheus.compose.yml").read_text()
+
+
+def port(name):
+    return int(defaults()[name])
+
+
+def test_probe_paths_are_the_ones_the_service_serves():
+    """Tests that defaults.env names the paths that chat.operations answers."""
+    assert defaults()["LIVENESS_PATH"] == operations.LIVENESS_PATH
+    assert defaults()["READINESS_PATH"] == operations.READINESS_PATH
+    assert defaults()["METRICS_PATH"] == operations.METRICS_PATH
+    assert f"location = {defaults()['LB_HEALTH_PATH']} {{" in LOCATIONS
+
+
+def test_k8s_probes_use_the_same_paths_and_ports():
+    chat = k8s_container("chat")
+    assert chat["readinessProbe"]["httpGet"]["path"] == defaults()["READINESS_PATH"]
+    assert chat["livenessProbe"]["httpGet"]["path"] == defaults()["LIVENESS_PATH"]
+    assert chat["ports"][0]["containerPort"] == port("CHAT_PORT")
+    nginx = k8s_container("nginx")
+    assert nginx["readinessProbe"]["httpGet"]["path"] == defaults()["LB_HEALTH_PATH"]
+    assert nginx["ports"][0]["containerPort"] == port("LB_PORT")
+    assert nginx_listen_ports(k8s_config_file("nginx-config", "nginx.conf")) == {port("LB_PORT")}
+    assert f"server chat:{port('CHAT_PORT')};" in k8s_config_file("nginx-config", "nginx.conf")
+    redis = k8s_container("redis")
+    assert redis["ports"][0]["containerPort"] == port("REDIS_PORT")
+    assert redis["args"][redis["args"].index("--port") + 1] == str(port("REDIS_PORT"))
+    redis_url = next(e["value"] for e in chat["env"] if e["name"] == "REDIS_URLS")
+    assert redis_url == f"redis://redis:{port('REDIS_PORT')}/0"
+    assert k8s_object("Service", "redis")["spec"]["ports"][0]["port"] == port("REDIS_PORT")
+    assert k8s_object("Service", "chat")["spec"]["ports"][0]["port"] == port("CHAT_PORT")
+    prometheus = k8s_container("prometheus")
+    assert prometheus["ports"][0]["containerPort"] == port("PROMETHEUS_PORT")
+    assert f"port: {port('CHAT_PORT')}" in k8s_config_file("prometheus-config", "prometheus.yml")
+    policies = {o["metadata"]["name"]: o for o in kustomize() if o["kind"] == "NetworkPolicy"}
+    assert policies["redis-from-chat"]["spec"]["ingress"][0]["ports"] == [
+        {"port": port("REDIS_PORT")}
+    ]
+
+
+def test_the_image_serves_on_chat_port_and_checks_readiness():
+    """Tests that the Dockerfile's port and health check follow defaults.env."""
+    assert f"EXPOSE {port('CHAT_PORT')}" in DOCKERFILE
+    assert f'"--port", "{port("CHAT_PORT")}"' in DOCKERFILE
+    assert f"127.0.0.1:{port('CHAT_PORT')}{defaults()['READINESS_PATH']}" in DOCKERFILE
+
+
+def test_compose_uses_the_same_ports_and_paths():
+    services = compose()["services"]
+    chat_check = " ".join(services["chat"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{port('CHAT_PORT')}{defaults()['READINESS_PATH']}" in chat_check
+    assert services["nginx"]["ports"] == ["127.0.0.1:${LB_PORT:?}:" + str(port("LB_PORT"))]
+    nginx_check = " ".join(services["nginx"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{port('LB_PORT')}{defaults()['LB_HEALTH_PATH']}" in nginx_check
+    assert nginx_listen_ports(NGINX_COMPOSE) == {port("LB_PORT")}
+    assert f"set $chat_backend chat:{port('CHAT_PORT')};" in NGINX_COMPOSE
+    assert services["chat"]["environment"]["REDIS_URLS"] == "redis://redis:${REDIS_PORT:?}/0"
+    assert "${REDIS_PORT:?}" in services["redis"]["command"]
+    assert services["prometheus"]["ports"] == [
+        "127.0.0.1:${PROMETHEUS_PORT:?}:" + str(port("PROMETHEUS_PORT"))
+    ]
+    assert f"port: {port('CHAT_PORT')}" in PROMETHEUS_COMPOSE
+    assert f"metrics_path: {defaults()['METRICS_PATH']}" in PROMETHEUS_COMPOSE
+
+
+def test_compose_reads_defaults_env():
+    """Tests that compose's .env is deploy/defaults.env itself, not a copy."""
+    env_file = ROOT / ".env"
+    assert env_file.is_symlink()
+    assert env_file.resolve() == (ROOT / "deploy" / "defaults.env").resolve()
+
+
+def test_k8s_nginx_locations_are_the_shared_ones():
+    """Tests that k8s's copy of the shared nginx locations (kustomize reads only below
+    k8s/) is identical to deploy/nginx/chat-locations.conf."""
+    assert (ROOT / "k8s" / "base" / "nginx" / "chat-locations.conf").read_text() == LOCATIONS
+    assert k8s_config_file("nginx-config", "chat-locations.conf") == LOCATIONS
+
+
+def test_every_variable_given_to_the_service_is_one_it_reads():
+    """Tests that local cluster, compose and k8s set only variables the settings read."""
+    read = service_settings_read()
+    local = set(load_local_cluster().SERVICE_SETTINGS) | {
+        "CHAT_REPLICA_ID",
+        "REDIS_URLS",
+        "DJANGO_SECRET_KEY",
+    }
+    composed = set(compose()["services"]["chat"]["environment"])
+    kubernetes = {e["name"] for e in k8s_container("chat")["env"]}
+    for runtime, names in (("local", local), ("compose", composed), ("k8s", kubernetes)):
+        assert names <= read, f"{runtime} sets variables the service never reads: {names - read}"
+
+
+def test_every_variable_the_service_reads_is_documented():
+    """Tests that the README's configuration table lists every variable."""
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
+    missing = service_settings_read() - documented
+    assert not missing, f"not in README.md's configuration table: {missing}"
+    missing_ports = {n for n in defaults() if n.endswith("_PORT") or n == "REPLICAS"} - documented
+    assert not missing_ports
+
+
+def test_images_are_pinned_in_one_place():
+    """Tests that compose takes its images from defaults.env and k8s repeats the same ones."""
+    services = compose()["services"]
+    for service, variable in (
+        ("redis", "REDIS_IMAGE"),
+        ("nginx", "NGINX_IMAGE"),
+        ("prometheus", "PROMETHEUS_IMAGE"),
+        ("chat", "CHAT_IMAGE"),
+    ):
+        assert services[service]["image"].startswith("${" + variable + ":?"), service
+    assert services["chat"]["build"]["args"]["PYTHON_IMAGE"].startswith("${PYTHON_IMAGE:?")
+    assert f"ARG PYTHON_IMAGE={defaults()['PYTHON_IMAGE']}" in DOCKERFILE
+    for name in ("chat", "nginx", "redis", "prometheus"):
+        assert k8s_container(name)["image"] == defaults()[f"{name.upper()}_IMAGE"], name
+    for variable in (
+        "PYTHON_IMAGE",
+        "NGINX_IMAGE",
+        "REDIS_IMAGE",
+        "PROMETHEUS_IMAGE",
+        "CHAT_IMAGE",
+    ):
+        image = defaults()[variable]
+        tag = image.rsplit(":", 1)[1]
+        assert tag != "latest" and re.search(r"\d+\.\d+", tag), image
