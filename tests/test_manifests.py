@@ -102,8 +102,10 @@ def test_every_k8s_container_is_hardened(path):
             assert security["readOnlyRootFilesystem"] is True, name
             assert security["allowPrivilegeEscalation"] is False, name
             assert security["capabilities"]["drop"] == ["ALL"], name
-            assert container["readinessProbe"] and container["livenessProbe"], name
-            assert container["resources"]["requests"] and container["resources"]["limits"], name
+            assert container["readinessProbe"], name
+            assert container["livenessProbe"], name
+            assert container["resources"]["requests"], name
+            assert container["resources"]["limits"], name
             assert not container["image"].endswith(":latest"), name
     chat = next(d for d in workloads(path) if d["metadata"]["name"] == "chat")
     spec = chat["spec"]["template"]["spec"]
@@ -122,8 +124,10 @@ def test_no_compose_service_runs_as_root():
         if name == "chat":
             assert user is None
             continue
-        assert user and not user.startswith("0") and user.split(":")[0] != "root", name
-        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert user, name
+        assert user.split(":")[0] not in ("0", "root"), name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
         assert service["mem_limit"], name
         assert service["healthcheck"]["test"], name
 

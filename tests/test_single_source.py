@@ -149,4 +149,4 @@ def test_images_are_pinned_in_one_place():
     ):
         image = defaults()[variable]
         tag = image.rsplit(":", 1)[1]
-        assert tag != "latest" and re.search(r"\d+\.\d+", tag), image
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9-]+)?", tag), image

@@ -10,7 +10,6 @@ import socket
 
 from django.core.exceptions import ImproperlyConfigured
 
-
 # Every variable the settings read, for tests/test_single_source.py.
 ENVIRONMENT_VARIABLES = set()
 

@@ -1,3 +1,4 @@
+import functools
 import json
 import subprocess
 import sys
@@ -135,7 +136,7 @@ async def test_origin_is_checked_against_allowed_hosts(headers, accepted):
         ("CHAT_CONSUMER", "threads", "CHAT_CONSUMER must be one of async, sync"),
         ("CHAT_CHANNEL_LAYER", "kafka", "CHAT_CHANNEL_LAYER must be one of"),
         ("CHAT_MAX_MESSAGE_BYTES", "lots", "must be a whole number"),
-        ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY is required"),
+        ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE is required"),
     ],
 )
 def test_bad_settings_fail_fast_with_a_clear_message(variable, value, message):
@@ -174,3 +175,22 @@ def test_redis_hosts_have_no_socket_timeout_and_a_large_pool():
         for host in hosts:
             assert host["socket_timeout"] is None
             assert host["max_connections"] >= 1000
+
+
+def test_secret_key_can_come_from_a_file(tmp_path):
+    """Tests DJANGO_SECRET_KEY_FILE, as a mounted Kubernetes Secret provides it."""
+    code = "import chatsite.settings as s; print(s.SECRET_KEY)"
+    secret = tmp_path / "key"
+    secret.write_text("from-a-file\n")
+    run = functools.partial(
+        subprocess.run,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd="services/chat",
+    )
+    found = run(env={"DJANGO_SECRET_KEY_FILE": str(secret), "PATH": "/usr/bin:/bin"})
+    assert found.stdout.strip() == "from-a-file"
+    missing = run(env={"DJANGO_SECRET_KEY_FILE": str(tmp_path / "nope"), "PATH": "/usr/bin:/bin"})
+    assert missing.returncode != 0
+    assert "DJANGO_SECRET_KEY_FILE cannot be read" in missing.stderr
