@@ -6,30 +6,54 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+# local: supervised processes on this machine; compose: docker-compose.yml. By
+# default compose when a Docker engine answers, local otherwise.
+RUNTIME ?= $(shell docker version >/dev/null 2>&1 && echo compose || echo local)
+COMPOSE := deploy/docker/compose.sh
 # checkov pins packages that clash with the dev tools, so it has a venv of its own.
 SCAN_VENV ?= .venv-scan
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
 
-.PHONY: help up down status logs test test-unit test-integration lint deps system-deps venv scan-venv lock clean
+.PHONY: help up down status logs test test-compose test-unit test-integration lint deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-up: deps ## Start the local cluster (Redis, REPLICAS Daphne replicas, nginx) and print its URLs
+up: ## Start the cluster (RUNTIME=local|compose) and print its URLs
+ifeq ($(RUNTIME),compose)
+	@$(COMPOSE) up
+else
+	@$(MAKE) --no-print-directory deps
 	@$(CLUSTER) up
+endif
 
-down: ## Stop every process that `make up` started
+down: ## Stop every process or container that `make up` started
+ifeq ($(RUNTIME),compose)
+	@$(COMPOSE) down
+else
 	@if [ -x $(PYTHON) ]; then $(CLUSTER) down; else echo "chat-cluster is not running"; fi
+endif
 
-status: venv ## Show each process of the local cluster and whether each replica is ready
+status: ## Show each process or container and whether each replica is ready
+ifeq ($(RUNTIME),compose)
+	@$(COMPOSE) status
+else
 	@$(CLUSTER) status
+endif
 
-logs: venv ## Print the last lines of every log (FOLLOW=1 to keep reading)
+logs: ## Print the last lines of every log (FOLLOW=1 to keep reading)
+ifeq ($(RUNTIME),compose)
+	@FOLLOW=$(FOLLOW) $(COMPOSE) logs
+else
 	@$(CLUSTER) logs $(if $(FOLLOW),--follow)
+endif
 
 test: deps scan-venv lint ## Run every check: lint, unit tests, integration tests against a real cluster
 	$(PYTHON) -m pytest
+
+test-compose: deps ## Build the images and bring docker-compose.yml up for real (starts a private engine if none runs)
+	$(PYTHON) -m pytest -m compose tests/compose
 
 test-unit: venv ## Run the fast unit tests only
 	$(PYTHON) -m pytest services

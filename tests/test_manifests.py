@@ -1,5 +1,6 @@
 """The container and Kubernetes files: valid, pinned, non-root, lint- and scan-clean."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -178,3 +179,46 @@ def test_checkov_finds_nothing(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "kubernetes scan results" in result.stdout
     assert "dockerfile scan results" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def compose_environment():
+    """Compose v2 as a CLI plugin (from PyPI); `config` needs no engine."""
+    environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        installed = subprocess.run(
+            [ROOT / "deploy" / "docker" / "install-compose.sh"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        environment.update(line.split("=", 1) for line in installed.splitlines() if "=" in line)
+    return environment
+
+
+def test_docker_compose_config_accepts_the_file(compose_environment):
+    """Tests that Compose itself accepts docker-compose.yml, with 3 chat replicas."""
+    result = subprocess.run(
+        ["docker", "compose", "config", "--format", "json"],
+        env={**compose_environment, "DJANGO_SECRET_KEY": "k"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["services"]["chat"]["deploy"]["replicas"] == 3
+    assert config["services"]["nginx"]["ports"][0]["published"] == "8080"
+
+
+def test_docker_compose_requires_the_secret_key(compose_environment):
+    """Tests that a missing DJANGO_SECRET_KEY stops compose with a clear message."""
+    result = subprocess.run(
+        ["docker", "compose", "config", "--quiet"],
+        env=compose_environment,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert "set DJANGO_SECRET_KEY" in result.stderr

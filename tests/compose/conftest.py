@@ -1,0 +1,111 @@
+"""The compose stack brought up for real: a Docker engine (a private one started
+here when none answers, stopped by its PID afterwards), Compose v2, the images
+built, 3 chat replicas behind nginx, Redis and Prometheus."""
+
+import json
+import os
+import secrets
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import free_port_block
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "deploy" / "docker"
+
+
+def run(command, environment, timeout=600, check=True):
+    result = subprocess.run(
+        command, env=environment, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}\n"
+            f"{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def exported(output):
+    """NAME=value lines printed by the deploy/docker scripts."""
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+def unavailable(reason):
+    if os.environ.get("CI"):
+        pytest.fail(f"compose test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class Stack:
+    environment: dict
+    lb_port: int
+    prometheus_port: int
+
+    def docker(self, *arguments, timeout=600):
+        return run(["docker", *arguments], self.environment, timeout)
+
+    def compose(self, *arguments, timeout=600):
+        return self.docker("compose", *arguments, timeout=timeout)
+
+    @property
+    def origin(self):
+        return f"http://127.0.0.1:{self.lb_port}"
+
+    def ws_url(self, room, replica=None):
+        assert replica is None, "compose publishes only the load balancer"
+        return f"ws://127.0.0.1:{self.lb_port}/ws/chat/{room}/"
+
+    def containers(self, service):
+        output = self.compose("ps", "--format", "json", service).stdout
+        # Compose prints one JSON object per line (or a list, in older releases).
+        rows = [json.loads(line) for line in output.splitlines() if line.strip()]
+        return [row for group in rows for row in (group if isinstance(group, list) else [group])]
+
+
+@pytest.fixture(scope="session")
+def stack():
+    environment = {**os.environ, "COMPOSE_BAKE": "false"}
+    started_engine = False
+    if run(["docker", "version"], environment, check=False).returncode != 0:
+        if os.geteuid() != 0:
+            unavailable("no Docker engine answers and starting one needs root")
+        result = run([DOCKER / "private-engine.sh", "start"], environment, check=False)
+        if result.returncode != 0:
+            unavailable(f"no Docker engine could be started: {result.stderr[-2000:]}")
+        environment.update(exported(result.stdout))
+        started_engine = True
+    try:
+        if run(["docker", "compose", "version"], environment, check=False).returncode != 0:
+            environment.update(exported(run([DOCKER / "install-compose.sh"], environment).stdout))
+        # No registry is reachable here: stand-ins built from Debian replace the pinned images.
+        if not os.environ.get("COMPOSE_TEST_PULL_IMAGES"):
+            built = run([DOCKER / "base-images" / "build.sh"], environment, timeout=1200)
+            environment.update(exported(built.stdout))
+
+        base = free_port_block(2)
+        stack = Stack(environment, lb_port=base, prometheus_port=base + 1)
+        environment.update(
+            COMPOSE_PROJECT_NAME=f"chat-cluster-test-{uuid.uuid4().hex[:6]}",
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+            LB_PORT=str(stack.lb_port),
+            PROMETHEUS_PORT=str(stack.prometheus_port),
+            CHAT_IMAGE="chat-cluster/chat:compose-test",
+        )
+        try:
+            stack.compose("build", timeout=1200)
+            stack.compose("up", "--detach", "--wait", "--wait-timeout", "240", timeout=400)
+            yield stack
+        finally:
+            logs = stack.compose("logs", "--no-color", timeout=120).stdout
+            (ROOT / ".run").mkdir(exist_ok=True)
+            (ROOT / ".run" / "compose-test.log").write_text(logs)
+            stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
+    finally:
+        if started_engine:
+            run([DOCKER / "private-engine.sh", "stop"], environment)

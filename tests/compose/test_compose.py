@@ -1,0 +1,78 @@
+"""docker-compose.yml brought up for real (`make test-compose`)."""
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import join
+
+# Building the images on a fresh machine (debootstrap, apt, pip) takes minutes.
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
+
+
+def test_three_chat_replicas_are_healthy(stack):
+    """Tests that compose started 3 chat replicas and every service is healthy."""
+    chat = stack.containers("chat")
+    assert len(chat) == 3
+    for service in ("chat", "redis", "nginx", "prometheus"):
+        for container in stack.containers(service):
+            assert container["State"] == "running", container
+            assert container["Health"] == "healthy", container
+
+
+def test_no_container_runs_as_root(stack):
+    """Tests the UID of each container's main process, read from the host's /proc."""
+    for service in ("chat", "redis", "nginx", "prometheus"):
+        for container in stack.containers(service):
+            inspect = json.loads(stack.docker("inspect", container["ID"]).stdout)[0]
+            status = Path(f"/proc/{inspect['State']['Pid']}/status").read_text()
+            uid = int(
+                next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]
+            )
+            assert uid != 0, f"{service} runs as root"
+
+
+async def test_message_through_nginx_reaches_every_replica(stack):
+    """Tests cross-replica fan-out: clients spread by nginx over replicas all get a message."""
+    clients = [await join(stack, "compose-fanout") for _ in range(9)]
+    replicas = {client.replica for client in clients}
+    assert len(replicas) >= 2, replicas
+    await clients[0].say("hello from compose")
+    for client in clients:
+        frame = await client.receive_chat()
+        assert frame["message"] == "hello from compose"
+        assert frame["sent_via"] == clients[0].replica
+    await asyncio.gather(*(client.assert_silent(0.5) for client in clients))
+    for client in clients:
+        await client.close()
+
+
+async def test_nginx_and_prometheus_find_scaled_replicas(stack):
+    """Tests that after `--scale chat=5` nginx balances over and Prometheus scrapes all 5."""
+    stack.compose(
+        "up", "--detach", "--wait", "--wait-timeout", "180", "--scale", "chat=5", timeout=300
+    )
+    assert len(stack.containers("chat")) == 5
+
+    deadline = time.monotonic() + 60
+    replicas = set()
+    while len(replicas) < 5 and time.monotonic() < deadline:
+        client = await join(stack, "compose-scale")
+        replicas.add(client.replica)
+        await client.close()
+        await asyncio.sleep(0.2)
+    assert len(replicas) == 5, replicas
+
+    url = f"http://127.0.0.1:{stack.prometheus_port}/api/v1/targets"
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            targets = json.load(response)["data"]["activeTargets"]
+        up = [t for t in targets if t["labels"]["job"] == "chat" and t["health"] == "up"]
+        if len(up) == 5:
+            break
+        await asyncio.sleep(1)
+    assert len(up) == 5, targets
