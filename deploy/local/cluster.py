@@ -106,8 +106,10 @@ class Cluster:
     lb_port: int
     chat_port: int
     redis_port: int
+    prometheus_port: int
     readiness_path: str
     lb_health_path: str
+    metrics_path: str
 
     @classmethod
     def from_environment(cls, run_dir):
@@ -118,8 +120,10 @@ class Cluster:
             lb_port=int_setting("LB_PORT", defaults),
             chat_port=int_setting("CHAT_PORT", defaults),
             redis_port=int_setting("REDIS_PORT", defaults),
+            prometheus_port=int_setting("PROMETHEUS_PORT", defaults),
             readiness_path=defaults["READINESS_PATH"],
             lb_health_path=defaults["LB_HEALTH_PATH"],
+            metrics_path=defaults["METRICS_PATH"],
         )
 
     # --- Layout -------------------------------------------------------------
@@ -148,8 +152,16 @@ class Cluster:
     def lb_url(self):
         return f"http://{HOST}:{self.lb_port}"
 
+    @property
+    def prometheus_url(self):
+        return f"http://{HOST}:{self.prometheus_port}"
+
     def ports(self):
-        ports = {"LB_PORT": self.lb_port, "REDIS_PORT": self.redis_port}
+        ports = {
+            "LB_PORT": self.lb_port,
+            "REDIS_PORT": self.redis_port,
+            "PROMETHEUS_PORT": self.prometheus_port,
+        }
         for name, port in self.replica_ports.items():
             ports[f"CHAT_PORT ({name})"] = port
         if len(set(ports.values())) != len(ports):
@@ -187,6 +199,7 @@ class Cluster:
             host=HOST,
             lb_port=self.lb_port,
             redis_port=self.redis_port,
+            prometheus_port=self.prometheus_port,
             deploy_dir=DEPLOY,
         )
         replicas = "".join(
@@ -211,6 +224,7 @@ class Cluster:
                 DEPLOY / "local" / "supervisord.conf.template",
                 redis_server=find_program("redis-server"),
                 nginx=find_program("nginx"),
+                prometheus=find_program("prometheus"),
                 replica_names=",".join(self.replica_ports),
                 replica_programs=replicas,
                 **values,
@@ -223,6 +237,14 @@ class Cluster:
                 **values,
             ),
             "redis.conf": render(DEPLOY / "redis" / "redis.conf.template", **values),
+            "prometheus.yml": render(
+                DEPLOY / "prometheus" / "prometheus.local.yml.template",
+                metrics_path=self.metrics_path,
+                replica_targets=", ".join(
+                    f'"{HOST}:{port}"' for port in self.replica_ports.values()
+                ),
+                **values,
+            ),
         }
 
     def write_configuration(self):
@@ -301,6 +323,8 @@ class Cluster:
             self.update_programs(self.rpc())
         if "nginx.conf" in changed:
             self.rpc().signalProcess("nginx", "HUP")
+        if "prometheus.yml" in changed:
+            self.rpc().signalProcess("prometheus", "HUP")
         return changed
 
     def update_programs(self, rpc):
@@ -320,6 +344,7 @@ class Cluster:
             for name, port in self.replica_ports.items()
         }
         urls["nginx"] = f"{self.lb_url}{self.lb_health_path}"
+        urls["prometheus"] = f"{self.prometheus_url}/-/ready"
         return urls
 
     def readiness(self):
@@ -371,10 +396,11 @@ class Cluster:
         print(
             f"chat-cluster {action}: {self.replicas} replicas, {consumer} consumer, "
             f"{layer} channel layer\n"
-            f"  Chat      {self.lb_url}/chat/lobby/   (open it in two tabs)\n"
-            f"  Replicas  http://{HOST}:{ports[0]} ... http://{HOST}:{ports[-1]}\n"
-            f"  Redis     {self.redis_url}\n"
-            f"  Logs      {self.log_dir}   (make logs, make status, make down)"
+            f"  Chat        {self.lb_url}/chat/lobby/   (open it in two tabs)\n"
+            f"  Replicas    http://{HOST}:{ports[0]} ... http://{HOST}:{ports[-1]}\n"
+            f"  Prometheus  {self.prometheus_url}/targets\n"
+            f"  Redis       {self.redis_url}\n"
+            f"  Logs        {self.log_dir}   (make logs, make status, make down)"
         )
 
     def down(self, timeout=60):
@@ -399,7 +425,12 @@ class Cluster:
             print(f"chat-cluster is not running ({self.run_dir})")
             return False
         readiness = self.readiness()
-        ports = {**self.replica_ports, "nginx": self.lb_port, "redis": self.redis_port}
+        ports = {
+            **self.replica_ports,
+            "nginx": self.lb_port,
+            "redis": self.redis_port,
+            "prometheus": self.prometheus_port,
+        }
         for process in self.processes():
             name = process["name"]
             print(
@@ -464,6 +495,7 @@ def main(argv=None):
                 json.dumps(
                     {
                         "lb_url": cluster.lb_url,
+                        "prometheus_url": cluster.prometheus_url,
                         "replica_ports": cluster.replica_ports,
                         "redis_url": cluster.redis_url,
                         "log_dir": str(cluster.log_dir),

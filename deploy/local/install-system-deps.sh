@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local cluster runs: nginx and redis-server.
+# Installs the Debian packages the local cluster runs: nginx, redis-server, prometheus.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v prometheus >/dev/null || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

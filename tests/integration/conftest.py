@@ -54,8 +54,9 @@ class LocalCluster:
     settings: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        base = free_port_block(self.replicas + 2)
-        self.lb_port, self.redis_port, self.chat_port = base, base + 1, base + 2
+        base = free_port_block(self.replicas + 3)
+        self.lb_port, self.redis_port, self.prometheus_port = base, base + 1, base + 2
+        self.chat_port = base + 3
         # The service's own settings come only from `settings`, never from the
         # shell or from the unit tests' settings module in this process.
         inherited = {
@@ -69,6 +70,7 @@ class LocalCluster:
             "LB_PORT": str(self.lb_port),
             "REDIS_PORT": str(self.redis_port),
             "CHAT_PORT": str(self.chat_port),
+            "PROMETHEUS_PORT": str(self.prometheus_port),
             **self.settings,
         }
 

@@ -1,6 +1,7 @@
 """Pages and probes served through nginx by a real cluster."""
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -60,3 +61,20 @@ def test_invalid_room_page_through_nginx(cluster, room):
     status, _, page = get(f"{cluster.lb_url}/chat/{room}/")
     assert status == 404
     assert "1 to 80 characters" in page
+
+
+def test_prometheus_scrapes_every_replica(cluster):
+    """Tests that the local cluster's Prometheus lists every replica as a target, up."""
+    deadline = time.monotonic() + 30
+    while True:
+        _, _, body = get(f"http://127.0.0.1:{cluster.prometheus_port}/api/v1/targets")
+        targets = json.loads(body)["data"]["activeTargets"]
+        chat = {
+            t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "chat"
+        }
+        if list(chat.values()).count("up") == cluster.replicas or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert chat == {
+        f"127.0.0.1:{cluster.replica_port(n)}": "up" for n in range(1, cluster.replicas + 1)
+    }

@@ -10,7 +10,7 @@ def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
     cluster = LocalCluster(tmp_path / "run", replicas=2)
     assert "started" in cluster.up().stdout
     pids = cluster.process_pids()
-    assert set(pids) == {"redis", "nginx", "chat-1", "chat-2"}
+    assert set(pids) == {"redis", "nginx", "prometheus", "chat-1", "chat-2"}
     supervisor = cluster.describe()["supervisor_pid"]
 
     again = cluster.up()
@@ -21,7 +21,13 @@ def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
     assert cluster.down() == []
     assert not pid_alive(supervisor)
     assert not any(pid_alive(pid) for pid in pids.values())
-    for port in (cluster.lb_port, cluster.redis_port, cluster.chat_port, cluster.chat_port + 1):
+    for port in (
+        cluster.lb_port,
+        cluster.redis_port,
+        cluster.prometheus_port,
+        cluster.chat_port,
+        cluster.chat_port + 1,
+    ):
         assert port_is_free(port)
     assert cluster.run("status", check=False).returncode == 1
 

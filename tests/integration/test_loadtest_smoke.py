@@ -1,0 +1,94 @@
+"""The smoke load test: a small, bounded Locust run through nginx that fails on any
+lost message or error, and proof that it notices a lost message."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT, free_port_block
+
+USERS, ROOM_SIZE, MESSAGES = 30, 5, 10
+
+
+def run_locust(host, tmp_path):
+    environment = {
+        **os.environ,
+        "LOCUST_MESSAGES": str(MESSAGES),
+        "LOCUST_ROOM_SIZE": str(ROOM_SIZE),
+        "LOCUST_SEND_INTERVAL": "0.05",
+        "LOCUST_ROOM_PREFIX": f"smoke-{tmp_path.name}",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            ROOT / "loadtests" / "locustfile.py",
+            "ChatUser",
+            "--headless",
+            "--users",
+            str(USERS),
+            "--spawn-rate",
+            str(USERS),
+            "--host",
+            host,
+            "--run-time",
+            "90s",
+            "--json-file",
+            tmp_path / "stats",
+            "--only-summary",
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=tmp_path,
+    )
+    stats = {entry["name"]: entry for entry in json.loads((tmp_path / "stats.json").read_text())}
+    return result, stats
+
+
+def test_smoke_load_through_nginx_loses_nothing(cluster, tmp_path):
+    """Tests that every message of a bounded load reaches every member of its room."""
+    result, stats = run_locust(cluster.lb_url, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert stats["connect"]["num_requests"] == USERS
+    assert stats["send"]["num_requests"] == USERS * MESSAGES
+    assert stats["deliver"]["num_requests"] == USERS * MESSAGES * ROOM_SIZE
+    assert "lost" not in stats
+    assert "duplicate" not in stats
+    assert all(entry["num_failures"] == 0 for entry in stats.values())
+
+
+@pytest.fixture
+def lossy_server():
+    """The floor server, told to drop every 40th delivery."""
+    port = free_port_block(1)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            ROOT / "loadtests" / "floor_server.py",
+            "--port",
+            str(port),
+            "--drop-every",
+            "40",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert "floor server" in process.stdout.readline()
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_smoke_load_notices_a_lost_message(lossy_server, tmp_path):
+    """Tests that the same smoke run fails when deliveries are dropped."""
+    result, stats = run_locust(lossy_server, tmp_path)
+    assert result.returncode != 0
+    assert stats["lost"]["num_failures"] > 0
+    assert stats["deliver"]["num_requests"] < USERS * MESSAGES * ROOM_SIZE
