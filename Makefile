@@ -15,7 +15,7 @@ SCAN_VENV ?= .venv-scan
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
 
-.PHONY: help up down status logs test test-compose test-unit test-integration lint deps system-deps venv scan-venv lock clean
+.PHONY: help up down status logs test test-compose loadtest loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,13 @@ test: deps scan-venv lint ## Run every check: lint, unit tests, integration test
 
 test-compose: deps ## Build the images and bring docker-compose.yml up for real (starts a private engine if none runs)
 	$(PYTHON) -m pytest -m compose tests/compose
+
+loadtest: deps ## Compare async/sync consumers, pubsub/core layers and the raw floor; writes loadtests/results/<date>/
+	$(PYTHON) loadtests/compare.py $(LOADTEST_ARGS)
+
+loadtest-ui: venv ## Open Locust's web UI (http://127.0.0.1:8089) against the running cluster's load balancer
+	@echo "Locust: http://127.0.0.1:8089  (target http://127.0.0.1:$${LB_PORT:-8080})"
+	$(VENV)/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:$${LB_PORT:-8080} --web-host 127.0.0.1 --web-port 8089
 
 test-unit: venv ## Run the fast unit tests only
 	$(PYTHON) -m pytest services

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, free_port_block
+from tests.cluster import ROOT, free_port_block
 
 USERS, ROOM_SIZE, MESSAGES = 30, 5, 10
 

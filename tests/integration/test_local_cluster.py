@@ -2,7 +2,7 @@
 
 import socket
 
-from .conftest import LocalCluster, pid_alive, port_is_free
+from tests.cluster import LocalCluster, pid_alive, port_is_free
 
 
 def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
