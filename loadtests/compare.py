@@ -359,7 +359,8 @@ from the sender's timestamp in the message; lost messages are gaps in a sender's
 numbers. Delivered/s is counted from the first report after a 5 s ramp to the end of the
 step. Server CPU is utime+stime from /proc of every cluster process (Daphne replicas,
 nginx master and workers, Redis) over the step, divided by the messages delivered; Locust's
-own CPU is its processes' share of one core over the step. Variants run one after another; each gets a fresh cluster.
+own CPU is its processes' share of one core over the step. Variants run one after another;
+each gets a fresh cluster.
 
 ## Setup
 
