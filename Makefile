@@ -15,7 +15,7 @@ SCAN_VENV ?= .venv-scan
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
 
-.PHONY: help up down status logs test test-compose loadtest loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
+.PHONY: help up down status logs test test-compose loadtest capacity loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ test-compose: deps ## Build the images and bring docker-compose.yml up for real 
 loadtest: deps ## Compare async/sync consumers, pubsub/core layers and the raw floor; writes loadtests/results/<date>/
 	$(PYTHON) loadtests/compare.py $(LOADTEST_ARGS)
 
+capacity: deps ## Benchmark idle connections through nginx against replica memory (KB per connection)
+	$(PYTHON) loadtests/capacity.py $(CAPACITY_ARGS)
+
 loadtest-ui: venv ## Open Locust's web UI (http://127.0.0.1:8089) against the running cluster's load balancer
 	@echo "Locust: http://127.0.0.1:8089  (target http://127.0.0.1:$${LB_PORT:-8080})"
 	$(VENV)/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:$${LB_PORT:-8080} --web-host 127.0.0.1 --web-port 8089
@@ -79,7 +82,7 @@ system-deps: ## Install nginx and redis-server from Debian if they are missing (
 
 venv: $(VENV)/.installed ## Create the virtualenv with the pinned Python packages
 
-$(VENV)/.installed: requirements-dev.txt services/chat/requirements.txt
+$(VENV)/.installed: requirements-dev.txt services/chat/requirements.txt loadtests/requirements.txt
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
@@ -94,6 +97,7 @@ $(SCAN_VENV)/.installed: requirements-scan.txt
 lock: venv ## Recompile the pinned requirements from the .in files
 	$(PYTHON) -m pip install --quiet pip-tools
 	cd services/chat && ../../$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
+	cd loadtests && ../$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
 	$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
 	$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-scan.txt requirements-scan.in
 

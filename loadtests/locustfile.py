@@ -88,9 +88,10 @@ class ChatUser(User):
         if MESSAGES:
             # Bounded mode: fixed rooms, so that each user knows its room's size.
             return f"{ROOM_PREFIX}-{self.number // ROOM_SIZE}"
-        # Spread over as many rooms as keep ROOM_SIZE members on average.
+        # Round robin over the rooms, in each worker process: rooms stay near
+        # ROOM_SIZE members (random rooms would vary, and fan-out with them).
         rooms = max(1, self.environment.parsed_options.num_users // ROOM_SIZE)
-        return f"{ROOM_PREFIX}-{random.randrange(rooms)}"
+        return f"{ROOM_PREFIX}-{self.number % rooms}"
 
     def connect(self):
         started = time.perf_counter()

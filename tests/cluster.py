@@ -82,7 +82,9 @@ class LocalCluster:
 
     def up(self):
         result = self.run("up", check=False)
-        assert result.returncode == 0, result.stdout + result.stderr
+        if result.returncode != 0:
+            self.run("down", check=False)  # whatever did start
+            raise AssertionError(result.stdout + result.stderr)
         return result
 
     def down(self):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -117,13 +118,16 @@ def test_every_k8s_container_is_hardened(path):
 
 
 def test_no_compose_service_runs_as_root():
-    """Tests that every compose service has a non-root user (chat's is in its Dockerfile)."""
-    dockerfile = (ROOT / "services" / "chat" / "Dockerfile").read_text()
-    assert "\nUSER 10001:10001\n" in dockerfile
+    """Tests that every compose service has a non-root user (the images built here set
+    theirs in their Dockerfiles)."""
+    built = {"chat": ROOT / "services" / "chat", "locust": ROOT / "loadtests"}
     for name, service in compose()["services"].items():
         user = service.get("user")
-        if name == "chat":
-            assert user is None
+        if name in built:
+            assert user is None, name
+            assert service["build"]["context"] == str(built[name].relative_to(ROOT)), name
+            assert re.search(r"^USER 100\d\d:100\d\d$", (built[name] / "Dockerfile").read_text(),
+                             re.M), name
             continue
         assert user, name
         assert user.split(":")[0] not in ("0", "root"), name
@@ -134,8 +138,12 @@ def test_no_compose_service_runs_as_root():
 
 
 def test_compose_publishes_only_the_load_balancer_and_prometheus():
-    published = {name for name, service in compose()["services"].items() if "ports" in service}
+    """Tests published ports: nginx and Prometheus, and Locust only in its profile."""
+    services = compose()["services"]
+    published = {name for name, service in services.items()
+                 if "ports" in service and "profiles" not in service}
     assert published == {"nginx", "prometheus"}
+    assert services["locust"]["profiles"] == ["loadtest"]
     for name in published:
         assert all(p.startswith("127.0.0.1:") for p in compose()["services"][name]["ports"])
     for name, service in compose()["services"].items():
@@ -209,6 +217,13 @@ def test_docker_compose_config_accepts_the_file(compose_environment):
     config = json.loads(result.stdout)
     assert config["services"]["chat"]["deploy"]["replicas"] == 3
     assert config["services"]["nginx"]["ports"][0]["published"] == "8080"
+    assert "locust" not in config["services"]  # only with --profile loadtest
+    with_locust = subprocess.run(
+        ["docker", "compose", "--profile", "loadtest", "config", "--format", "json"],
+        env={**compose_environment, "DJANGO_SECRET_KEY": "k"},
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )
+    assert "locust" in json.loads(with_locust.stdout)["services"]
 
 
 def test_docker_compose_requires_the_secret_key(compose_environment):

@@ -1,7 +1,9 @@
 import functools
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from channels.testing import HttpCommunicator, WebsocketCommunicator
@@ -194,3 +196,22 @@ def test_secret_key_can_come_from_a_file(tmp_path):
     missing = run(env={"DJANGO_SECRET_KEY_FILE": str(tmp_path / "nope"), "PATH": "/usr/bin:/bin"})
     assert missing.returncode != 0
     assert "DJANGO_SECRET_KEY_FILE cannot be read" in missing.stderr
+
+
+async def test_dashboard_queries_only_exported_metrics():
+    """Tests that every metric the Grafana dashboard queries is one a replica exports."""
+    _, _, body = await http_get("/metrics")
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    }
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[4] / "deploy/grafana/chat-cluster.json").read_text()
+    )
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queried = {
+        name for expr in expressions for name in re.findall(r"\b(?:chat|process)_[a-z_]+\b", expr)
+    }
+    assert queried, "the dashboard queries no metric"
+    assert queried <= exported, queried - exported

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""`make capacity`: idle WebSocket connections held through nginx against the
+replicas' memory. Opens connections in steps up to --connections, waits for the
+replicas to settle at each step, and reports resident memory (VmRSS from /proc)
+of the Daphne replicas, nginx and Redis, and KB per connection. Writes
+capacity.csv and capacity.md beside the load test results.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loadtests.compare import process_tree  # noqa: E402
+from tests.cluster import LocalCluster  # noqa: E402
+
+BATCH = 250  # connections opened at once
+
+
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        total += int(next(line for line in status.splitlines()
+                          if line.startswith("VmRSS:")).split()[1])
+    return total
+
+
+def memory(cluster):
+    pids = cluster.process_pids()
+    chat = [pid for name, pid in pids.items() if name.startswith("chat-")]
+    return {
+        "chat_kb": rss_kb(chat),
+        "nginx_kb": rss_kb(process_tree(pids["nginx"])),
+        "redis_kb": rss_kb([pids["redis"]]),
+    }
+
+
+async def open_connections(cluster, count, rooms, opened):
+    async def one(index):
+        socket = await connect(cluster.ws_url(f"idle-{index % rooms}"), origin=cluster.origin,
+                               subprotocols=["chat.v1"], open_timeout=60, ping_interval=None)
+        welcome = json.loads(await socket.recv())
+        assert welcome["type"] == "welcome", welcome
+        return socket
+
+    start = len(opened)
+    for first in range(start, start + count, BATCH):
+        batch = range(first, min(first + BATCH, start + count))
+        opened.extend(await asyncio.gather(*(one(index) for index in batch)))
+
+
+async def measure(args):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # This client holds one descriptor per connection; nginx two, spread over its workers.
+    limit = min(args.connections, hard - 200)
+    steps = sorted({n for n in (0, 1000, 2500, 5000, 7500, 10000, args.connections)
+                    if n <= limit})
+    run_dir = Path(tempfile.mkdtemp(prefix="capacity-"))
+    cluster = LocalCluster(run_dir, args.replicas)
+    cluster.up()
+    rows, opened = [], []
+    try:
+        for target in steps:
+            await open_connections(cluster, target - len(opened), args.rooms, opened)
+            await asyncio.sleep(args.settle)
+            row = {"connections": len(opened), **memory(cluster)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        # Every connection is still alive: a message reaches one room's members.
+        await opened[-1].send(json.dumps({"message": "still here"}))
+        frame = json.loads(await asyncio.wait_for(opened[-1].recv(), 10))
+        assert frame["message"] == "still here", frame
+    finally:
+        await asyncio.gather(*(socket.close() for socket in opened), return_exceptions=True)
+        cluster.down()
+    return rows, limit, hard
+
+
+def per_connection(rows, key):
+    first, last = rows[0], rows[-1]
+    connections = last["connections"] - first["connections"]
+    return (last[key] - first[key]) / connections if connections else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=10000)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--settle", type=float, default=5, help="seconds to wait at each step")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "loadtests" / "results" / f"{datetime.date.today()}")
+    args = parser.parse_args()
+    started = time.monotonic()
+    rows, limit, hard = asyncio.run(measure(args))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    fields = list(rows[0])
+    (args.out / "capacity.csv").write_text(
+        "\n".join([",".join(fields)] + [",".join(str(r[f]) for f in fields) for r in rows]) + "\n"
+    )
+    chat, nginx, redis = (per_connection(rows, k) for k in ("chat_kb", "nginx_kb", "redis_kb"))
+    limited = (f"Limited to {limit} connections by the file descriptor limit ({hard})."
+               if limit < args.connections else "No limit was reached.")
+    table = "\n".join(
+        f"| {r['connections']} | {r['chat_kb'] / 1024:.1f} | {r['nginx_kb'] / 1024:.1f} | "
+        f"{r['redis_kb'] / 1024:.1f} |" for r in rows
+    )
+    (args.out / "capacity.md").write_text(f"""# Capacity: idle connections against memory
+
+`python loadtests/capacity.py {" ".join(sys.argv[1:])}`, {time.monotonic() - started:.0f} s.
+
+{args.replicas} Daphne replicas (async consumer, pub/sub layer) behind nginx; idle WebSocket
+connections opened through nginx, {BATCH} at a time, spread over {args.rooms} rooms; resident
+memory (VmRSS) read from /proc {args.settle:.0f} s after each step. {limited} After the last step
+a message still reached its room.
+
+**Per idle connection: {chat:.1f} KB in the Daphne replicas**, {nginx:.1f} KB in nginx,
+{redis:.1f} KB in Redis (its pub/sub subscriptions).
+
+| connections | replicas MB | nginx MB | Redis MB |
+|---|---|---|---|
+{table}
+""")
+    print(f"KB per connection: replicas {chat:.1f}, nginx {nginx:.1f}, redis {redis:.1f}")
+
+
+if __name__ == "__main__":
+    main()
