@@ -34,8 +34,9 @@ def rss_kb(pids):
             status = Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:
             continue
-        total += int(next(line for line in status.splitlines()
-                          if line.startswith("VmRSS:")).split()[1])
+        total += int(
+            next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]
+        )
     return total
 
 
@@ -51,8 +52,13 @@ def memory(cluster):
 
 async def open_connections(cluster, count, rooms, opened):
     async def one(index):
-        socket = await connect(cluster.ws_url(f"idle-{index % rooms}"), origin=cluster.origin,
-                               subprotocols=["chat.v1"], open_timeout=60, ping_interval=None)
+        socket = await connect(
+            cluster.ws_url(f"idle-{index % rooms}"),
+            origin=cluster.origin,
+            subprotocols=["chat.v1"],
+            open_timeout=60,
+            ping_interval=None,
+        )
         welcome = json.loads(await socket.recv())
         assert welcome["type"] == "welcome", welcome
         return socket
@@ -68,8 +74,7 @@ async def measure(args):
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # This client holds one descriptor per connection; nginx two, spread over its workers.
     limit = min(args.connections, hard - 200)
-    steps = sorted({n for n in (0, 1000, 2500, 5000, 7500, 10000, args.connections)
-                    if n <= limit})
+    steps = sorted({n for n in (0, 1000, 2500, 5000, 7500, 10000, args.connections) if n <= limit})
     run_dir = Path(tempfile.mkdtemp(prefix="capacity-"))
     cluster = LocalCluster(run_dir, args.replicas)
     cluster.up()
@@ -103,8 +108,9 @@ def main():
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--settle", type=float, default=5, help="seconds to wait at each step")
-    parser.add_argument("--out", type=Path,
-                        default=ROOT / "loadtests" / "results" / f"{datetime.date.today()}")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "loadtests" / "results" / f"{datetime.date.today()}"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     rows, limit, hard = asyncio.run(measure(args))
@@ -115,11 +121,15 @@ def main():
         "\n".join([",".join(fields)] + [",".join(str(r[f]) for f in fields) for r in rows]) + "\n"
     )
     chat, nginx, redis = (per_connection(rows, k) for k in ("chat_kb", "nginx_kb", "redis_kb"))
-    limited = (f"Limited to {limit} connections by the file descriptor limit ({hard})."
-               if limit < args.connections else "No limit was reached.")
+    limited = (
+        f"Limited to {limit} connections by the file descriptor limit ({hard})."
+        if limit < args.connections
+        else "No limit was reached."
+    )
     table = "\n".join(
         f"| {r['connections']} | {r['chat_kb'] / 1024:.1f} | {r['nginx_kb'] / 1024:.1f} | "
-        f"{r['redis_kb'] / 1024:.1f} |" for r in rows
+        f"{r['redis_kb'] / 1024:.1f} |"
+        for r in rows
     )
     (args.out / "capacity.md").write_text(f"""# Capacity: idle connections against memory
 

@@ -126,8 +126,9 @@ def test_no_compose_service_runs_as_root():
         if name in built:
             assert user is None, name
             assert service["build"]["context"] == str(built[name].relative_to(ROOT)), name
-            assert re.search(r"^USER 100\d\d:100\d\d$", (built[name] / "Dockerfile").read_text(),
-                             re.M), name
+            assert re.search(
+                r"^USER 100\d\d:100\d\d$", (built[name] / "Dockerfile").read_text(), re.M
+            ), name
             continue
         assert user, name
         assert user.split(":")[0] not in ("0", "root"), name
@@ -140,8 +141,11 @@ def test_no_compose_service_runs_as_root():
 def test_compose_publishes_only_the_load_balancer_and_prometheus():
     """Tests published ports: nginx and Prometheus, and Locust only in its profile."""
     services = compose()["services"]
-    published = {name for name, service in services.items()
-                 if "ports" in service and "profiles" not in service}
+    published = {
+        name
+        for name, service in services.items()
+        if "ports" in service and "profiles" not in service
+    }
     assert published == {"nginx", "prometheus"}
     assert services["locust"]["profiles"] == ["loadtest"]
     for name in published:
@@ -221,7 +225,10 @@ def test_docker_compose_config_accepts_the_file(compose_environment):
     with_locust = subprocess.run(
         ["docker", "compose", "--profile", "loadtest", "config", "--format", "json"],
         env={**compose_environment, "DJANGO_SECRET_KEY": "k"},
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     )
     assert "locust" in json.loads(with_locust.stdout)["services"]
 
