@@ -244,6 +244,25 @@ def read_locust_csv(path):
         return {row["Name"]: row for row in csv.DictReader(rows)}
 
 
+def read_csv(path):
+    """StepResults back from results.csv, to redo the report and plots (--report-only)."""
+    types = {name: field.type for name, field in StepResult.__dataclass_fields__.items()}
+    with open(path) as rows:
+        return [
+            StepResult(
+                **{
+                    name: (
+                        value
+                        if types[name] in (str, "str")
+                        else (int if types[name] in (int, "int") else float)(value)
+                    )
+                    for name, value in row.items()
+                }
+            )
+            for row in csv.DictReader(rows)
+        ]
+
+
 def write_csv(results, path):
     fields = list(asdict(results[0]))
     lines = [",".join(fields)]
@@ -302,6 +321,12 @@ def plot(results, out_dir):
     figure.savefig(out_dir / "cpu-per-delivery.png", dpi=110)
 
 
+def delivery_ratio(result, room_size):
+    """Deliveries against sends times room size: below 100% by what was still queued when
+    the step ended (and, slightly, by sends during the ramp, into rooms still filling)."""
+    return result.delivered / max(1, result.sent * room_size)
+
+
 def saturation(results, variant):
     rows = [r for r in results if r.variant == variant]
     return max(rows, key=lambda r: r.delivered_per_s) if rows else None
@@ -310,14 +335,15 @@ def saturation(results, variant):
 def write_report(results, args, out_dir, command):
     table = [
         "| variant | users | offered deliveries/s | delivered/s | p50 ms | p95 ms | p99 ms "
-        "| lost | errors | server CPU ms/delivery | chat / nginx / redis CPU s "
-        "| Locust CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| delivered of sent × room | lost | errors | server CPU ms/delivery "
+        "| chat / nginx / redis CPU s | Locust CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         table.append(
             f"| {r.variant} | {r.users} | {r.offered_deliveries_per_s:.0f} | "
             f"{r.delivered_per_s:.0f} | {r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | "
+            f"{delivery_ratio(r, args.room_size):.0%} | "
             f"{r.lost} | {r.errors} | {r.server_cpu_ms_per_delivery:.3f} | "
             f"{r.chat_cpu_s} / {r.nginx_cpu_s} / {r.redis_cpu_s} | {r.locust_cpu_percent} |"
         )
@@ -356,11 +382,13 @@ every {args.send_interval} s on average (exponential waits, so that users do not
 lockstep). Offered load = N / {args.send_interval} sends/s, and {args.room_size} times as many
 deliveries/s. Every delivery is a Locust request whose response time is the end-to-end latency
 from the sender's timestamp in the message; lost messages are gaps in a sender's sequence
-numbers. Delivered/s is counted from the first report after a 5 s ramp to the end of the
+numbers, which a sender's later messages reveal; "delivered of sent × room" also counts
+what was still queued when the step ended, so it shows a server that falls behind even where
+no gap is seen. Delivered/s is counted from the first report after a 5 s ramp to the end of the
 step. Server CPU is utime+stime from /proc of every cluster process (Daphne replicas,
 nginx master and workers, Redis) over the step, divided by the messages delivered; Locust's
-own CPU is its processes' share of one core over the step. Variants run one after another;
-each gets a fresh cluster.
+own CPU is its processes' share of one core over the step. Variants and steps run one after another, each step on a
+fresh cluster.
 
 ## Setup
 
@@ -400,20 +428,34 @@ def main():
     parser.add_argument(
         "--out", type=Path, default=ROOT / "loadtests" / "results" / f"{datetime.date.today()}"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="redo the report and plots from --out's results.csv",
+    )
     args = parser.parse_args()
     command = "python loadtests/compare.py " + " ".join(sys.argv[1:])
+    if args.report_only:
+        results = read_csv(args.out / "results.csv")
+        plot(results, args.out)
+        write_report(results, args, args.out, (args.out / "command.txt").read_text().strip())
+        return
 
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "command.txt").write_text(command + "\n")
     results = []
     for name in args.variants.split(","):
-        with Target(name, VARIANTS[name], args.replicas, args.out) as target:
-            for users in map(int, args.users.split(",")):
+        for users in map(int, args.users.split(",")):
+            # A fresh cluster per step: a replica that has served earlier steps is
+            # slower (channels_redis's pub/sub layer keeps the subscriptions of most
+            # closed connections; see the report), which would blur the comparison.
+            with Target(name, VARIANTS[name], args.replicas, args.out) as target:
                 step_dir = target.work_dir / str(users)
                 step_dir.mkdir(parents=True, exist_ok=True)
                 result = run_step(target, users, args, step_dir)
-                print(json.dumps(asdict(result)), flush=True)
-                results.append(result)
-        write_csv(results, args.out / "results.csv")
+            print(json.dumps(asdict(result)), flush=True)
+            results.append(result)
+            write_csv(results, args.out / "results.csv")
     plot(results, args.out)
     write_report(results, args, args.out, command.strip())
     print(f"report: {args.out / 'README.md'}")
