@@ -387,8 +387,8 @@ what was still queued when the step ended, so it shows a server that falls behin
 no gap is seen. Delivered/s is counted from the first report after a 5 s ramp to the end of the
 step. Server CPU is utime+stime from /proc of every cluster process (Daphne replicas,
 nginx master and workers, Redis) over the step, divided by the messages delivered; Locust's
-own CPU is its processes' share of one core over the step. Variants and steps run one after another, each step on a
-fresh cluster.
+own CPU is its processes' share of one core over the step. Variants and steps run one after
+another, each step on a fresh cluster.
 
 ## Setup
 
