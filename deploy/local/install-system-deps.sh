@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local cluster runs: nginx, redis-server, prometheus.
+# Installs the Debian packages the local cluster runs (nginx, redis-server,
+# prometheus) and the browser the tests drive (chromium).
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v prometheus >/dev/null || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

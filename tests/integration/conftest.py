@@ -34,6 +34,7 @@ class ChatClient:
     def __init__(self, socket, welcome):
         self.socket = socket
         self.welcome = welcome
+        self.members = None
 
     @property
     def replica(self):
@@ -43,7 +44,14 @@ class ChatClient:
         await self.socket.send(json.dumps({"message": message}))
 
     async def receive(self, timeout=5):
-        return json.loads(await asyncio.wait_for(self.socket.recv(), timeout))
+        """The next frame, presence updates aside (they follow every join and leave)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            frame = json.loads(await asyncio.wait_for(self.socket.recv(), max(remaining, 0)))
+            if frame["type"] != "presence":
+                return frame
+            self.members = frame["members"]
 
     async def receive_chat(self, timeout=5):
         frame = await self.receive(timeout)
@@ -52,7 +60,7 @@ class ChatClient:
 
     async def assert_silent(self, timeout=0.5):
         try:
-            frame = await asyncio.wait_for(self.socket.recv(), timeout)
+            frame = await self.receive(timeout)
         except TimeoutError:
             return
         raise AssertionError(f"unexpected frame: {frame}")

@@ -21,7 +21,12 @@ async def test_sync_consumer_fans_out_across_replicas(sync_cluster):
     await second.say("from the sync consumer")
     for client in (first, second):
         frame = await client.receive_chat()
-        assert frame == {"type": "chat", "message": "from the sync consumer", "sent_via": "chat-2"}
+        assert frame == {
+            "type": "chat",
+            "message": "from the sync consumer",
+            "name": second.welcome["name"],
+            "sent_via": "chat-2",
+        }
         await client.assert_silent(0.3)
 
     await first.socket.send("{")

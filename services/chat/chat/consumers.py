@@ -5,16 +5,19 @@ Both speak the protocol in chat.protocol and keep the tutorial's shape.
 
 import logging
 import time
+import uuid
 
 from asgiref.sync import async_to_sync
 from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from . import metrics, protocol
+from .presence import get_presence
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +38,13 @@ class RoomMixin:
     def resolve_room(self):
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
         self.room_group_name = protocol.room_group_name(self.room_name)
+        default_name = f"guest-{uuid.uuid4().hex[:4]}"
+        self.name = protocol.display_name(self.scope.get("query_string", b""), default_name)
         return self.room_group_name is not None
 
     def accept_arguments(self):
         subprotocol = protocol.choose_subprotocol(self.scope.get("subprotocols", ()))
+        self.subprotocol = subprotocol
         headers = [(b"x-chat-replica", settings.CHAT_REPLICA_ID.encode())]
         return subprotocol, headers
 
@@ -48,6 +54,7 @@ class RoomMixin:
             self.room_name,
             self.consumer_kind,
             settings.CHAT_MAX_MESSAGE_BYTES,
+            self.name,
         )
 
     def log_layer_error(self, action, error):
@@ -113,13 +120,22 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
         self.count_join()
         if subprotocol:
             await self.send(text_data=self.welcome())
+        try:
+            members = await get_presence().join(self.room_name, self.channel_name, self.name)
+            await broadcast_presence(self.room_name, members)
+        except LAYER_ERRORS as error:
+            self.log_layer_error("presence_join", error)
 
     async def disconnect(self, close_code):
+        was_joined = self.joined
         self.count_leave()
         # Leave room group
         if self.room_group_name:
             try:
                 await self.channel_layer.group_discard(self.room_group_name, self.channel_name)
+                if was_joined:
+                    members = await get_presence().leave(self.room_name, self.channel_name)
+                    await broadcast_presence(self.room_name, members)
             except LAYER_ERRORS as error:
                 self.log_layer_error("group_discard", error)
 
@@ -139,7 +155,8 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
         try:
             with metrics.group_send_duration.time():
                 await self.channel_layer.group_send(
-                    self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
+                    self.room_group_name,
+                    protocol.chat_event(message, settings.CHAT_REPLICA_ID, self.name),
                 )
             metrics.group_sends.inc()
         except LAYER_ERRORS as error:
@@ -151,6 +168,11 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
         # Send message to WebSocket
         await self.send(text_data=event["frame"])
         self.count_delivery(event)
+
+    async def presence_update(self, event):
+        # The tutorial's client prints every frame's "message": chat.v1 clients only.
+        if self.subprotocol:
+            await self.send(text_data=event["frame"])
 
 
 class SyncChatConsumer(RoomMixin, WebsocketConsumer):
@@ -207,7 +229,8 @@ class SyncChatConsumer(RoomMixin, WebsocketConsumer):
         try:
             with metrics.group_send_duration.time():
                 async_to_sync(self.channel_layer.group_send)(
-                    self.room_group_name, protocol.chat_event(message, settings.CHAT_REPLICA_ID)
+                    self.room_group_name,
+                    protocol.chat_event(message, settings.CHAT_REPLICA_ID, self.name),
                 )
             metrics.group_sends.inc()
         except LAYER_ERRORS as error:
@@ -219,3 +242,14 @@ class SyncChatConsumer(RoomMixin, WebsocketConsumer):
         # Send message to WebSocket
         self.send(text_data=event["frame"])
         self.count_delivery(event)
+
+    def presence_update(self, event):
+        if self.subprotocol:
+            self.send(text_data=event["frame"])
+
+
+async def broadcast_presence(room_name, members):
+    """Tells every member of the room, on every replica, who is in it."""
+    await get_channel_layer().group_send(
+        protocol.room_group_name(room_name), protocol.presence_event(members)
+    )

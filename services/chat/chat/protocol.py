@@ -10,8 +10,12 @@ Server to client, text frames with a "type":
         only to clients that offer the subprotocol ``chat.v1``, so the
         tutorial's own client, which prints every frame's "message", is
         not shown a line it does not understand.
-    {"type": "chat", "message": "hello", "sent_via": "chat-2"}
-        a message of the room; "sent_via" names the replica it was sent to.
+    {"type": "chat", "message": "hello", "name": "Ada", "sent_via": "chat-2"}
+        a message of the room, with its sender's display name (?name=... in
+        the WebSocket URL); "sent_via" names the replica it was sent to.
+    {"type": "presence", "members": ["Ada", "Grace"]}
+        who is in the room, on every replica, after each join and leave
+        (chat.v1 clients, async consumer).
     {"type": "error", "code": "invalid_json", "detail": "..."}
         bad input; the connection stays open unless a close code follows.
 
@@ -21,6 +25,7 @@ Error codes and close codes are listed in ERRORS and CLOSE_* below and in README
 import json
 import re
 import time
+from urllib.parse import parse_qs
 
 SUBPROTOCOL = "chat.v1"
 
@@ -83,13 +88,34 @@ def parse_client_frame(text_data, bytes_data, max_bytes):
     return message
 
 
-def chat_event(message, replica):
+def chat_event(message, replica, name):
     """Builds the group event for a message; its frame is encoded once, by the sender."""
-    frame = json.dumps({"type": "chat", "message": message, "sent_via": replica})
+    frame = json.dumps({"type": "chat", "message": message, "name": name, "sent_via": replica})
     return {"type": "chat.message", "frame": frame, "sent_at": time.time()}
 
 
-def welcome_frame(replica, room_name, consumer, max_bytes):
+def presence_event(members):
+    """The group event that tells a room who is in it (display names, sorted)."""
+    return {
+        "type": "presence.update",
+        "frame": json.dumps({"type": "presence", "members": members}),
+    }
+
+
+NAME_MAX_LENGTH = 32
+
+
+def display_name(query_string, default):
+    """The display name from the handshake's ?name=..., or `default` when missing or bad:
+    1 to 32 printable characters, surrounding spaces dropped."""
+    values = parse_qs(query_string.decode("latin-1")).get("name", [])
+    name = values[0].strip() if values else ""
+    if not name or len(name) > NAME_MAX_LENGTH or not name.isprintable():
+        return default
+    return name
+
+
+def welcome_frame(replica, room_name, consumer, max_bytes, name):
     return json.dumps(
         {
             "type": "welcome",
@@ -97,6 +123,7 @@ def welcome_frame(replica, room_name, consumer, max_bytes):
             "room": room_name,
             "consumer": consumer,
             "max_message_bytes": max_bytes,
+            "name": name,
         }
     )
 

@@ -124,6 +124,9 @@ CHAT_CONSUMER = env_choice("CHAT_CONSUMER", "async", ("async", "sync"))
 # Largest text frame a client may send, in bytes of UTF-8.
 CHAT_MAX_MESSAGE_BYTES = env_int("CHAT_MAX_MESSAGE_BYTES", 4096)
 
+# Seconds after which the people of a replica that died leave the presence lists.
+CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", 15, minimum=3)
+
 # --- Channel layer ----------------------------------------------------------
 #
 # "pubsub" (RedisPubSubChannelLayer) is the default: measured on this machine

@@ -65,11 +65,12 @@ def test_size_limit_counts_utf8_bytes():
 
 def test_chat_event_carries_a_ready_frame():
     """Tests that the group event holds the encoded frame sent to every member."""
-    event = protocol.chat_event("hello <b>", "chat-2")
+    event = protocol.chat_event("hello <b>", "chat-2", "Ada")
     assert event["type"] == "chat.message"
     assert event["sent_at"] > 0
     assert json.loads(event["frame"]) == {
         "type": "chat",
         "message": "hello <b>",
+        "name": "Ada",
         "sent_via": "chat-2",
     }
