@@ -92,3 +92,54 @@ def test_smoke_load_notices_a_lost_message(lossy_server, tmp_path):
     assert result.returncode != 0
     assert stats["lost"]["num_failures"] > 0
     assert stats["deliver"]["num_requests"] < USERS * MESSAGES * ROOM_SIZE
+
+
+@pytest.mark.parametrize(
+    ("user_class", "settings"),
+    [("ChurnUser", {"LOCUST_CHURN_INTERVAL": "1"}), ("ChatUser", {"LOCUST_ROOM_SIZE": "0"})],
+    ids=["connection-churn", "one-large-room"],
+)
+def test_other_scenarios_run_clean(cluster, tmp_path, user_class, settings):
+    """Tests the churn and large-room scenarios briefly: no error, no loss, and churn
+    really reconnects."""
+    users = 20
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            ROOT / "loadtests" / "locustfile.py",
+            user_class,
+            "--headless",
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(users),
+            "--host",
+            cluster.lb_url,
+            "--run-time",
+            "8s",
+            "--json-file",
+            tmp_path / "stats",
+            "--only-summary",
+            "--stop-timeout",
+            "2",
+        ],
+        env={
+            **os.environ,
+            "LOCUST_SEND_INTERVAL": "0.2",
+            "LOCUST_ROOM_PREFIX": f"{user_class}-{tmp_path.name}",
+            **settings,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    stats = {entry["name"]: entry for entry in json.loads((tmp_path / "stats.json").read_text())}
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(entry["num_failures"] == 0 for entry in stats.values()), stats
+    assert stats["deliver"]["num_requests"] > stats["send"]["num_requests"]
+    if user_class == "ChurnUser":
+        assert stats["connect"]["num_requests"] > users
