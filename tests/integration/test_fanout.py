@@ -1,6 +1,7 @@
 """Fan-out across replicas of a real cluster: Redis, Daphne replicas, nginx."""
 
 import asyncio
+import subprocess
 import uuid
 
 from .conftest import join
@@ -69,3 +70,33 @@ async def test_connections_through_nginx_spread_over_replicas(cluster):
     assert replicas == {"chat-1", "chat-2", "chat-3"}
     for client in clients:
         await client.close()
+
+
+async def test_closed_connections_leave_no_redis_subscription(cluster):
+    """Tests that every connection's own pub/sub channel is unsubscribed when it closes.
+    Channels cancels the consumer's pending receive, which is when channels_redis
+    unsubscribes; a receive that already completed (a message was waiting) was never
+    cleaned up, and a replica kept most of its closed connections' subscriptions."""
+
+    def own_channels():
+        output = subprocess.run(
+            ["redis-cli", "-p", str(cluster.redis_port), "pubsub", "channels", "*specific*"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return set(output.split())
+
+    before = own_channels()
+    room = unique("subscriptions")
+    clients = [await join(cluster, room, replica=1 + n % 3) for n in range(30)]
+    await clients[0].say("traffic, so that receives complete")
+    for client in clients:
+        await client.receive_chat()
+    assert len(own_channels() - before) >= 30
+    for client in clients:
+        await client.close()
+    deadline = asyncio.get_running_loop().time() + 10
+    while own_channels() - before and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+    assert own_channels() - before == set()

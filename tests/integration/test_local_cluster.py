@@ -36,6 +36,8 @@ def test_busy_port_gives_a_clear_error(tmp_path):
     """Tests that a port held by someone else stops up at once, naming the port."""
     cluster = LocalCluster(tmp_path / "run", replicas=1)
     with socket.socket() as squatter:
+        # As free_port_block checked it: a port with connections in TIME_WAIT is free.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", cluster.lb_port))
         squatter.listen()
         result = cluster.run("up", check=False)

@@ -17,6 +17,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from . import metrics, protocol
+from .layers import release_channel
 from .presence import get_presence
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,15 @@ class RoomMixin:
     consumer_kind = None
     room_group_name = None
     joined = False
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await release_channel(self.channel_layer, getattr(self, "channel_name", None))
+            except LAYER_ERRORS as error:
+                self.log_layer_error("release_channel", error)
 
     def resolve_room(self):
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
