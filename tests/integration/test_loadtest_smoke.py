@@ -13,13 +13,12 @@ from tests.cluster import ROOT, free_port_block
 USERS, ROOM_SIZE, MESSAGES = 30, 5, 10
 
 
-def run_locust(host, tmp_path):
+def run_locust(host, tmp_path, user_class="ChatUser", users=USERS, run_time="90s", **settings):
+    """One headless Locust run; returns the process result and its statistics by name."""
     environment = {
         **os.environ,
-        "LOCUST_MESSAGES": str(MESSAGES),
-        "LOCUST_ROOM_SIZE": str(ROOM_SIZE),
-        "LOCUST_SEND_INTERVAL": "0.05",
-        "LOCUST_ROOM_PREFIX": f"smoke-{tmp_path.name}",
+        "LOCUST_ROOM_PREFIX": f"{user_class}-{tmp_path.name}",
+        **settings,
     }
     result = subprocess.run(
         [
@@ -28,19 +27,21 @@ def run_locust(host, tmp_path):
             "locust",
             "-f",
             ROOT / "loadtests" / "locustfile.py",
-            "ChatUser",
+            user_class,
             "--headless",
             "--users",
-            str(USERS),
+            str(users),
             "--spawn-rate",
-            str(USERS),
+            str(users),
             "--host",
             host,
             "--run-time",
-            "90s",
+            run_time,
             "--json-file",
             tmp_path / "stats",
             "--only-summary",
+            "--stop-timeout",
+            "2",
         ],
         env=environment,
         capture_output=True,
@@ -52,9 +53,20 @@ def run_locust(host, tmp_path):
     return result, stats
 
 
+def run_smoke(host, tmp_path):
+    """The bounded mode: every user sends MESSAGES once all have joined."""
+    return run_locust(
+        host,
+        tmp_path,
+        LOCUST_MESSAGES=str(MESSAGES),
+        LOCUST_ROOM_SIZE=str(ROOM_SIZE),
+        LOCUST_SEND_INTERVAL="0.05",
+    )
+
+
 def test_smoke_load_through_nginx_loses_nothing(cluster, tmp_path):
     """Tests that every message of a bounded load reaches every member of its room."""
-    result, stats = run_locust(cluster.lb_url, tmp_path)
+    result, stats = run_smoke(cluster.lb_url, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert stats["connect"]["num_requests"] == USERS
     assert stats["send"]["num_requests"] == USERS * MESSAGES
@@ -88,7 +100,7 @@ def lossy_server():
 
 def test_smoke_load_notices_a_lost_message(lossy_server, tmp_path):
     """Tests that the same smoke run fails when deliveries are dropped."""
-    result, stats = run_locust(lossy_server, tmp_path)
+    result, stats = run_smoke(lossy_server, tmp_path)
     assert result.returncode != 0
     assert stats["lost"]["num_failures"] > 0
     assert stats["deliver"]["num_requests"] < USERS * MESSAGES * ROOM_SIZE
@@ -103,41 +115,9 @@ def test_other_scenarios_run_clean(cluster, tmp_path, user_class, settings):
     """Tests the churn and large-room scenarios briefly: no error, no loss, and churn
     really reconnects."""
     users = 20
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            ROOT / "loadtests" / "locustfile.py",
-            user_class,
-            "--headless",
-            "--users",
-            str(users),
-            "--spawn-rate",
-            str(users),
-            "--host",
-            cluster.lb_url,
-            "--run-time",
-            "8s",
-            "--json-file",
-            tmp_path / "stats",
-            "--only-summary",
-            "--stop-timeout",
-            "2",
-        ],
-        env={
-            **os.environ,
-            "LOCUST_SEND_INTERVAL": "0.2",
-            "LOCUST_ROOM_PREFIX": f"{user_class}-{tmp_path.name}",
-            **settings,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
+    result, stats = run_locust(
+        cluster.lb_url, tmp_path, user_class, users, "8s", LOCUST_SEND_INTERVAL="0.2", **settings
     )
-    stats = {entry["name"]: entry for entry in json.loads((tmp_path / "stats.json").read_text())}
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(entry["num_failures"] == 0 for entry in stats.values()), stats
     assert stats["deliver"]["num_requests"] > stats["send"]["num_requests"]
