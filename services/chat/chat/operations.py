@@ -1,5 +1,6 @@
 """Probes and metrics, answered before Django so that they need no allowed Host:
-kubelets and Prometheus address a replica by its IP."""
+kubelets and Prometheus address a replica by its IP. Every HTTP response, Django's
+included, names the replica that served it (X-Chat-Replica)."""
 
 import asyncio
 import json
@@ -19,7 +20,8 @@ METRICS_PATH = "/metrics"
 
 
 class OperationalEndpoints:
-    """ASGI middleware: /healthz, /readyz and /metrics here, everything else to Django."""
+    """ASGI middleware: /healthz, /readyz and /metrics here, everything else to Django;
+    the replica header on every response."""
 
     def __init__(self, application):
         self.application = application
@@ -42,7 +44,7 @@ class OperationalEndpoints:
         elif path == METRICS_PATH:
             await self.metrics_app(scope, receive, self.with_replica_header(send))
         else:
-            await self.application(scope, receive, send)
+            await self.application(scope, receive, self.with_replica_header(send))
 
     async def respond(self, send, status, body):
         headers = [(b"content-type", b"application/json"), self.replica_header]
@@ -64,11 +66,11 @@ async def redis_states():
         return {"memory": "ok"}
     results = await asyncio.gather(*(ping(url) for url in settings.REDIS_URLS))
     return {
-        display_name(url): result for url, result in zip(settings.REDIS_URLS, results, strict=True)
+        redis_address(url): result for url, result in zip(settings.REDIS_URLS, results, strict=True)
     }
 
 
-def display_name(url):
+def redis_address(url):
     # host:port only: a Redis URL may carry a password.
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 6379}"

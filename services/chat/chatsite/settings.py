@@ -79,7 +79,6 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "chat.middleware.replica_header",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

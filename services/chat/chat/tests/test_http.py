@@ -16,13 +16,14 @@ TUTORIAL_IDS = ["room-name-input", "room-name-submit"]
 ROOM_IDS = ["chat-log", "chat-message-input", "chat-message-submit"]
 
 
-def test_index_page_keeps_tutorial_ids(client):
-    """Tests that the index page has the tutorial's element ids and names its replica."""
-    response = client.get("/chat/")
-    assert response.status_code == 200
-    assert response["X-Chat-Replica"] == "unit-test"
+async def test_index_page_keeps_tutorial_ids():
+    """Tests that the index page, through the whole ASGI application, has the tutorial's
+    element ids and names its replica."""
+    status, headers, page = await http_get("/chat/", host=b"127.0.0.1:8080")
+    assert status == 200
+    assert headers[b"x-chat-replica"] == b"unit-test"
     for element_id in TUTORIAL_IDS:
-        assert f'id="{element_id}"' in response.content.decode()
+        assert f'id="{element_id}"' in page
 
 
 def test_room_page_keeps_tutorial_ids(client):
