@@ -88,17 +88,15 @@ class RedisPresence:
         changed = []
         for room in list(self.local_rooms):
             entries = await self.redis.hgetall(self.room_key(room))
-            replicas = {json.loads(entry)["replica"] for entry in entries.values()}
+            replica_of = {
+                channel: json.loads(entry)["replica"] for channel, entry in entries.items()
+            }
             alive = {
                 replica
-                for replica in replicas
+                for replica in set(replica_of.values())
                 if await self.redis.exists(self.replica_key(replica))
             }
-            dead = [
-                channel
-                for channel, entry in entries.items()
-                if json.loads(entry)["replica"] not in alive
-            ]
+            dead = [channel for channel, replica in replica_of.items() if replica not in alive]
             if dead:
                 await self.redis.hdel(self.room_key(room), *dead)
                 changed.append(room)
