@@ -426,19 +426,20 @@ class Cluster:
             print(f"chat-cluster is not running ({self.run_dir})")
             return False
         readiness = self.readiness()
+        processes = self.processes()
         ports = {
             **self.replica_ports,
             "nginx": self.lb_port,
             "redis": self.redis_port,
             "prometheus": self.prometheus_port,
         }
-        for process in self.processes():
+        for process in processes:
             name = process["name"]
             print(
                 f"{name:10} {process['statename']:9} pid {process['pid']:<8} "
                 f"port {ports.get(name, '-'):<6} {readiness.get(name, '')}"
             )
-        return all(p["statename"] == "RUNNING" for p in self.processes()) and all(
+        return all(p["statename"] == "RUNNING" for p in processes) and all(
             state == "ready" for state in readiness.values()
         )
 
