@@ -8,7 +8,6 @@ capacity.csv and capacity.md beside the load test results.
 
 import argparse
 import asyncio
-import datetime
 import json
 import resource
 import sys
@@ -21,7 +20,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtests.compare import process_tree  # noqa: E402
+from loadtests.compare import RESULTS_DIR, process_tree  # noqa: E402
 from tests.cluster import LocalCluster  # noqa: E402
 
 BATCH = 250  # connections opened at once
@@ -108,9 +107,7 @@ def main():
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--settle", type=float, default=5, help="seconds to wait at each step")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "loadtests" / "results" / f"{datetime.date.today()}"
-    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     started = time.monotonic()
     rows, limit, hard = asyncio.run(measure(args))

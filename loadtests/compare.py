@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 from tests.cluster import LocalCluster, free_port_block  # noqa: E402
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+# Today's results: the benchmarks' reports go side by side here.
+RESULTS_DIR = ROOT / "loadtests" / "results" / f"{datetime.date.today()}"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 VARIANTS = {
     "async-pubsub": {"CHAT_CONSUMER": "async", "CHAT_CHANNEL_LAYER": "pubsub"},
@@ -425,9 +427,7 @@ def main():
     parser.add_argument("--message-bytes", type=int, default=100)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="Locust worker processes")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "loadtests" / "results" / f"{datetime.date.today()}"
-    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--report-only",
         action="store_true",
