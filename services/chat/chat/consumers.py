@@ -3,11 +3,13 @@
 Both speak the protocol in chat.protocol and keep the tutorial's shape.
 """
 
+import contextlib
 import logging
 import time
 import uuid
 
 from asgiref.sync import async_to_sync
+from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections
 from channels.exceptions import ChannelFull
@@ -94,6 +96,14 @@ class RoomMixin:
 
 class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
     consumer_kind = "async"
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        # Daphne (autobahn) raises Disconnected on a send to a socket whose client has
+        # begun to close. Nothing reaches that client any more; raised, it would end
+        # the consumer before the frames still queued, such as a message the client
+        # sent just before closing, and log a traceback.
+        with contextlib.suppress(Disconnected):
+            await super().send(text_data, bytes_data, close)
 
     async def dispatch(self, message):
         # Channels closes stale database connections before every handler, with
@@ -187,6 +197,11 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
 
 class SyncChatConsumer(RoomMixin, WebsocketConsumer):
     consumer_kind = "sync"
+
+    def send(self, text_data=None, bytes_data=None, close=False):
+        # As in ChatConsumer.send.
+        with contextlib.suppress(Disconnected):
+            super().send(text_data, bytes_data, close)
 
     def connect(self):
         valid_room = self.resolve_room()
