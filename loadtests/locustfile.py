@@ -116,13 +116,15 @@ class ChatUser(User):
 
     def disconnect(self):
         connected_users.discard(self.user_id)
+        # Stop the reader first: websocket-client's close() reads, and drops, the frames
+        # that arrive until the server's close frame, and a reader still running would
+        # then see the frames after them as a gap: a false "lost".
+        if self.receiver is not None:
+            self.receiver.kill()
+            self.receiver = None
         if self.socket is not None:
             socket, self.socket = self.socket, None
             socket.close()
-        if self.receiver is not None:
-            self.receiver.join(timeout=5)
-            self.receiver.kill()
-            self.receiver = None
 
     def on_stop(self):
         self.disconnect()
