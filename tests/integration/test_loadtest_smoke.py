@@ -67,7 +67,8 @@ def run_smoke(host, tmp_path):
 def test_smoke_load_through_nginx_loses_nothing(cluster, tmp_path):
     """Tests that every message of a bounded load reaches every member of its room."""
     result, stats = run_smoke(cluster.lb_url, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    failures = {name: entry["num_failures"] for name, entry in stats.items()}
+    assert result.returncode == 0, (failures, result.stderr[-3000:])
     assert stats["connect"]["num_requests"] == USERS
     assert stats["send"]["num_requests"] == USERS * MESSAGES
     assert stats["deliver"]["num_requests"] == USERS * MESSAGES * ROOM_SIZE
@@ -118,7 +119,8 @@ def test_other_scenarios_run_clean(cluster, tmp_path, user_class, settings):
     result, stats = run_locust(
         cluster.lb_url, tmp_path, user_class, users, "8s", LOCUST_SEND_INTERVAL="0.2", **settings
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    failures = {name: entry["num_failures"] for name, entry in stats.items()}
+    assert result.returncode == 0, (failures, result.stderr[-3000:])
     assert all(entry["num_failures"] == 0 for entry in stats.values()), stats
     assert stats["deliver"]["num_requests"] > stats["send"]["num_requests"]
     if user_class == "ChurnUser":
