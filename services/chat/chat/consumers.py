@@ -3,6 +3,7 @@
 Both speak the protocol in chat.protocol and keep the tutorial's shape.
 """
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -18,17 +19,16 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from . import metrics, protocol
+from . import lifecycle, metrics, protocol
+from .history import GAP_NONE, get_history
 from .layers import release_channel
+from .limits import TokenBucket
 from .presence import get_presence
 
 logger = logging.getLogger(__name__)
 
 # What the channel layer raises when Redis cannot take a message.
 LAYER_ERRORS = (RedisError, OSError, ChannelFull)
-
-# WebSocket close code "try again later" (RFC 6455, IANA registry).
-CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class RoomMixin:
@@ -52,7 +52,18 @@ class RoomMixin:
         self.room_group_name = protocol.room_group_name(self.room_name)
         default_name = f"guest-{uuid.uuid4().hex[:4]}"
         self.name = protocol.display_name(self.scope.get("query_string", b""), default_name)
-        return self.room_group_name is not None
+        self.rate_limit = TokenBucket(settings.CHAT_RATE_LIMIT, settings.CHAT_RATE_BURST)
+
+    def refusal(self):
+        """Why this connection may not join, as (error or None, close code), or None."""
+        if self.room_group_name is None:
+            return protocol.ProtocolError("invalid_room"), protocol.CLOSE_INVALID_ROOM
+        if lifecycle.draining:
+            return None, protocol.CLOSE_SERVICE_RESTART
+        if len(lifecycle.live_consumers) >= settings.CHAT_MAX_CONNECTIONS:
+            metrics.errors.labels("server_full").inc()
+            return protocol.ProtocolError("server_full"), protocol.CLOSE_TRY_AGAIN_LATER
+        return None
 
     def accept_arguments(self):
         subprotocol = protocol.choose_subprotocol(self.scope.get("subprotocols", ()))
@@ -75,14 +86,35 @@ class RoomMixin:
 
     def count_join(self):
         self.joined = True
+        lifecycle.live_consumers.add(self)
         metrics.connects.inc()
         metrics.connections_open.inc()
 
     def count_leave(self):
         if self.joined:
             self.joined = False
+            lifecycle.live_consumers.discard(self)
             metrics.disconnects.inc()
             metrics.connections_open.dec()
+
+    def parse(self, text_data, bytes_data):
+        """The (message, ref) of a client frame that may be sent, or None when it was
+        answered with an error frame instead."""
+        try:
+            message, ref = protocol.parse_client_frame(
+                text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
+            )
+            if not self.rate_limit.allow():
+                raise protocol.ProtocolError("rate_limited", ref, rate=settings.CHAT_RATE_LIMIT)
+        except protocol.ProtocolError as error:
+            self.count_error(error)
+            return None, error
+        metrics.messages_received.inc()
+        return (message, ref), None
+
+    def publish_arguments(self, message, ref):
+        replica = settings.CHAT_REPLICA_ID
+        return self.room_name, self.room_group_name, message, self.name, replica, ref
 
     @staticmethod
     def count_error(error):
@@ -117,34 +149,51 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self):
-        valid_room = self.resolve_room()
+        self.resolve_room()
         subprotocol, headers = self.accept_arguments()
-        if not valid_room:
+        refusal = self.refusal()
+        if refusal:
             # Accept first, so that the client can read why it is refused.
-            await self.accept(subprotocol, headers)
-            await self.send(text_data=protocol.ProtocolError("invalid_room").frame())
-            await self.close(code=protocol.CLOSE_INVALID_ROOM, reason="invalid room name")
+            await self.refuse(subprotocol, headers, *refusal)
             return
+        try:
+            epoch, last_id = protocol.resume_position(self.scope.get("query_string", b""))
+            resume_error = None
+        except protocol.ProtocolError as error:
+            (epoch, last_id), resume_error = (None, None), error
+            self.count_error(error)
 
-        # Join room group
+        # Join the room group before reading its history: a message published in
+        # between then arrives live, after the replay, and is skipped by its id.
         try:
             await self.channel_layer.group_add(self.room_group_name, self.channel_name)
+            replay = await get_history().replay(
+                self.room_name, self.room_group_name, epoch, last_id
+            )
         except LAYER_ERRORS as error:
-            self.log_layer_error("group_add", error)
-            await self.accept(subprotocol, headers)
-            await self.send(text_data=protocol.ProtocolError("unavailable").frame())
-            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            self.log_layer_error("join", error)
+            refusal = protocol.ProtocolError("unavailable"), protocol.CLOSE_TRY_AGAIN_LATER
+            await self.refuse(subprotocol, headers, *refusal)
             return
 
         await self.accept(subprotocol, headers)
         self.count_join()
         if subprotocol:
             await self.send(text_data=self.welcome())
+        if resume_error:
+            await self.send(text_data=resume_error.frame())
+        await self.send_replay(replay)
         try:
             members = await get_presence().join(self.room_name, self.channel_name, self.name)
             await broadcast_presence(self.room_name, members)
         except LAYER_ERRORS as error:
             self.log_layer_error("presence_join", error)
+
+    async def refuse(self, subprotocol, headers, error, code):
+        await self.accept(subprotocol, headers)
+        if error:
+            await self.send(text_data=error.frame())
+        await self.close(code=code)
 
     async def disconnect(self, close_code):
         was_joined = self.joined
@@ -161,38 +210,101 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
 
     # Receive message from WebSocket
     async def receive(self, text_data=None, bytes_data=None):
-        try:
-            message = protocol.parse_client_frame(
-                text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
-            )
-        except protocol.ProtocolError as error:
-            self.count_error(error)
+        accepted, error = self.parse(text_data, bytes_data)
+        if error:
             await self.send(text_data=error.frame())
             return
-
-        metrics.messages_received.inc()
-        # Send message to room group
+        message, ref = accepted
+        # Store, number and send to the room group in one step
         try:
             with metrics.group_send_duration.time():
-                await self.channel_layer.group_send(
-                    self.room_group_name,
-                    protocol.chat_event(message, settings.CHAT_REPLICA_ID, self.name),
-                )
+                published = await get_history().publish(*self.publish_arguments(message, ref))
             metrics.group_sends.inc()
         except LAYER_ERRORS as error:
-            self.log_layer_error("group_send", error)
-            await self.send(text_data=protocol.ProtocolError("unavailable").frame())
+            self.log_layer_error("publish", error)
+            await self.send(text_data=protocol.ProtocolError("unavailable", ref).frame())
+            return
+        if ref is not None:
+            await self.send(text_data=protocol.ack_frame(ref, published))
 
     # Receive message from room group
     async def chat_message(self, event):
-        # Send message to WebSocket
-        await self.send(text_data=event["frame"])
+        async with self.delivery_lock:
+            if event["epoch"] != self.epoch:
+                # The room's history was lost and restarted (Redis lost its data).
+                self.epoch, self.last_id = event["epoch"], 0
+            message_id = event["id"]
+            if message_id <= self.last_id:
+                metrics.duplicates_skipped.inc()
+                return
+            if message_id > self.last_id + 1:
+                # Missed while this replica was cut off from Redis: from the history.
+                missed = await self.history_between(self.last_id, message_id)
+                await self.send_frames(missed)
+            # Send message to WebSocket
+            await self.send(text_data=event["frame"])
+            self.last_id = message_id
         self.count_delivery(event)
 
     async def presence_update(self, event):
         # The tutorial's client prints every frame's "message": chat.v1 clients only.
         if self.subprotocol:
             await self.send(text_data=event["frame"])
+
+    # Recovery
+
+    epoch = None
+    last_id = 0
+
+    @property
+    def delivery_lock(self):
+        # Live delivery and catch_up() both send from the history; one at a time.
+        lock = self.__dict__.get("_delivery_lock")
+        if lock is None:
+            lock = self.__dict__["_delivery_lock"] = asyncio.Lock()
+        return lock
+
+    async def send_frames(self, frames):
+        for message_id, frame in frames:
+            await self.send(text_data=frame)
+            self.last_id = message_id
+        metrics.messages_replayed.inc(len(frames))
+
+    async def send_replay(self, replay):
+        self.epoch = replay.epoch
+        self.last_id = 0
+        await self.send_frames(replay.frames)
+        # Ids up to the room's last count as seen, replayed or not (a new joiner
+        # gets only the newest); later ones arrive live.
+        self.last_id = max(self.last_id, replay.last_id)
+        if replay.gap != GAP_NONE:
+            metrics.history_gaps.labels(replay.gap).inc()
+        if self.subprotocol:
+            await self.send(text_data=protocol.history_frame(replay, len(replay.frames)))
+
+    async def history_between(self, after_id, before_id):
+        try:
+            frames = await get_history().between(
+                self.room_name, self.room_group_name, after_id, before_id
+            )
+        except LAYER_ERRORS as error:
+            self.log_layer_error("history", error)
+            frames = []
+        if len(frames) < before_id - after_id - 1:
+            metrics.history_gaps.labels("live").inc()
+        return frames
+
+    async def catch_up(self):
+        """Sends what the room got while this replica could not hear it (Redis was
+        unreachable or restarted); called by lifecycle.RedisWatch."""
+        async with self.delivery_lock:
+            replay = await get_history().replay(
+                self.room_name, self.room_group_name, self.epoch, self.last_id
+            )
+            if replay.epoch == self.epoch or replay.frames:
+                await self.send_frames(replay.frames)
+                self.epoch = replay.epoch
+                self.last_id = max(self.last_id, replay.last_id)
 
 
 class SyncChatConsumer(RoomMixin, WebsocketConsumer):
@@ -204,28 +316,32 @@ class SyncChatConsumer(RoomMixin, WebsocketConsumer):
             super().send(text_data, bytes_data, close)
 
     def connect(self):
-        valid_room = self.resolve_room()
+        self.resolve_room()
         subprotocol, headers = self.accept_arguments()
-        if not valid_room:
-            self.accept(subprotocol, headers)
-            self.send(text_data=protocol.ProtocolError("invalid_room").frame())
-            self.close(code=protocol.CLOSE_INVALID_ROOM, reason="invalid room name")
+        refusal = self.refusal()
+        if refusal:
+            self.refuse(subprotocol, headers, *refusal)
             return
 
         # Join room group
         try:
             async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
         except LAYER_ERRORS as error:
-            self.log_layer_error("group_add", error)
-            self.accept(subprotocol, headers)
-            self.send(text_data=protocol.ProtocolError("unavailable").frame())
-            self.close(code=CLOSE_TRY_AGAIN_LATER)
+            self.log_layer_error("join", error)
+            refusal = protocol.ProtocolError("unavailable"), protocol.CLOSE_TRY_AGAIN_LATER
+            self.refuse(subprotocol, headers, *refusal)
             return
 
         self.accept(subprotocol, headers)
         self.count_join()
         if subprotocol:
             self.send(text_data=self.welcome())
+
+    def refuse(self, subprotocol, headers, error, code):
+        self.accept(subprotocol, headers)
+        if error:
+            self.send(text_data=error.frame())
+        self.close(code=code)
 
     def disconnect(self, close_code):
         self.count_leave()
@@ -240,27 +356,24 @@ class SyncChatConsumer(RoomMixin, WebsocketConsumer):
 
     # Receive message from WebSocket
     def receive(self, text_data=None, bytes_data=None):
-        try:
-            message = protocol.parse_client_frame(
-                text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
-            )
-        except protocol.ProtocolError as error:
-            self.count_error(error)
+        accepted, error = self.parse(text_data, bytes_data)
+        if error:
             self.send(text_data=error.frame())
             return
-
-        metrics.messages_received.inc()
-        # Send message to room group
+        message, ref = accepted
+        # Store, number and send to the room group in one step
         try:
             with metrics.group_send_duration.time():
-                async_to_sync(self.channel_layer.group_send)(
-                    self.room_group_name,
-                    protocol.chat_event(message, settings.CHAT_REPLICA_ID, self.name),
+                published = async_to_sync(get_history().publish)(
+                    *self.publish_arguments(message, ref)
                 )
             metrics.group_sends.inc()
         except LAYER_ERRORS as error:
-            self.log_layer_error("group_send", error)
-            self.send(text_data=protocol.ProtocolError("unavailable").frame())
+            self.log_layer_error("publish", error)
+            self.send(text_data=protocol.ProtocolError("unavailable", ref).frame())
+            return
+        if ref is not None:
+            self.send(text_data=protocol.ack_frame(ref, published))
 
     # Receive message from room group
     def chat_message(self, event):

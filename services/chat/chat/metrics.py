@@ -52,6 +52,22 @@ messages_delivered = Counter(
 group_sends = Counter(
     "group_sends", "Messages handed to the channel layer's group_send.", namespace=NAMESPACE
 )
+messages_replayed = Counter(
+    "messages_replayed",
+    "Chat messages sent from the room's history: on join, resume or to fill a gap.",
+    namespace=NAMESPACE,
+)
+duplicates_skipped = Counter(
+    "duplicates_skipped",
+    "Live messages not sent because the connection already had them from the history.",
+    namespace=NAMESPACE,
+)
+history_gaps = Counter(
+    "history_gaps",
+    "Missed messages the history could not supply, by kind (trimmed, reset, live).",
+    ["kind"],
+    namespace=NAMESPACE,
+)
 errors = Counter(
     "errors",
     "Client frames or operations answered with an error, by error code.",

@@ -3,11 +3,15 @@
 Redis keeps, for each room, a hash of its connections (channel name -> display
 name and replica instance), and for each live replica instance a key that
 expires after CHAT_PRESENCE_TTL seconds (default 15) unless the replica refreshes
-it. A replica that dies stops refreshing; the next sweep of any replica with
+it (every second). A replica that dies stops refreshing; the next sweep of any replica with
 members in the same room then drops the dead instance's entries and tells the
 room, so a ghost lasts at most the TTL plus one sweep interval (a third of it).
 A replica restarted under the same CHAT_REPLICA_ID is a new instance: its
 predecessor's entries expire all the same.
+
+The heartbeat also tells a replica that Redis was unreachable or lost its data
+(the key is gone): it then restores its entries, group memberships and missed
+messages (lifecycle.redis_recovered).
 
 With the in-memory channel layer (one process: tests, runserver) the same
 interface is kept in a dict.
@@ -25,6 +29,9 @@ from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
+# Seconds between heartbeats: how soon a replica notices Redis is back.
+HEARTBEAT_INTERVAL = 1.0
+
 
 class MemoryPresence:
     def __init__(self):
@@ -33,6 +40,9 @@ class MemoryPresence:
     async def join(self, room, channel, name):
         self.rooms.setdefault(room, {})[channel] = name
         return await self.members(room)
+
+    async def restore(self, room, channel, name):
+        self.rooms.setdefault(room, {})[channel] = name
 
     async def leave(self, room, channel):
         self.rooms.get(room, {}).pop(channel, None)
@@ -45,12 +55,16 @@ class MemoryPresence:
 class RedisPresence:
     def __init__(self, url, replica, ttl):
         self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+            url,
+            socket_timeout=settings.REDIS_COMMAND_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_COMMAND_TIMEOUT,
+            decode_responses=True,
         )
         self.replica = f"{replica}/{uuid.uuid4().hex[:8]}"  # this process, not the name
         self.ttl = ttl
         self.local_rooms = Counter()  # room -> connections on this replica
         self.sweeper = None
+        self.redis_healthy = True
 
     @staticmethod
     def room_key(room):
@@ -65,9 +79,12 @@ class RedisPresence:
             await self.heartbeat()
             self.sweeper = asyncio.get_running_loop().create_task(self.sweep_forever())
         self.local_rooms[room] += 1
+        await self.restore(room, channel, name)
+        return await self.members(room)
+
+    async def restore(self, room, channel, name):
         entry = json.dumps({"name": name, "replica": self.replica})
         await self.redis.hset(self.room_key(room), channel, entry)
-        return await self.members(room)
 
     async def leave(self, room, channel):
         self.local_rooms[room] -= 1
@@ -81,7 +98,9 @@ class RedisPresence:
         return sorted(json.loads(entry)["name"] for entry in entries.values())
 
     async def heartbeat(self):
-        await self.redis.set(self.replica_key(self.replica), "1", ex=self.ttl)
+        """Refreshes this instance's key; False if the key was gone (Redis lost it)."""
+        previous = await self.redis.set(self.replica_key(self.replica), "1", ex=self.ttl, get=True)
+        return previous is not None
 
     async def sweep(self):
         """Drops the entries of replicas whose heartbeat expired; returns the rooms changed."""
@@ -104,15 +123,25 @@ class RedisPresence:
 
     async def sweep_forever(self):
         from .consumers import broadcast_presence
+        from .lifecycle import redis_recovered
 
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + self.ttl / 3
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
             try:
-                await self.heartbeat()
-                for room in await self.sweep():
-                    await broadcast_presence(room, await self.members(room))
+                key_kept = await self.heartbeat()
+                if not (self.redis_healthy and key_kept):
+                    self.redis_healthy = True
+                    await redis_recovered(self)
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.ttl / 3
+                    for room in await self.sweep():
+                        await broadcast_presence(room, await self.members(room))
             except (RedisError, OSError) as error:
-                logger.warning("presence sweep failed: %r", error)
+                if self.redis_healthy:
+                    logger.warning("Redis unreachable: %r", error)
+                self.redis_healthy = False
 
 
 _presence = None

@@ -1,30 +1,50 @@
 """The chat's WebSocket protocol, shared by the async and the sync consumer.
 
+The WebSocket URL is /ws/chat/<room>/, with optional query parameters:
+    name=Ada                  the display name shown to others
+    last_id=57&epoch=4f1a2b9c resume: replay what came after message 57 of that epoch
+
 Client to server, one text frame per message (the tutorial's protocol):
 
     {"message": "hello"}
+    {"message": "hello", "ref": "k2v9x1"}
+        "ref" (optional, 1 to 64 of A-Z a-z 0-9 _ -, unique per message) asks for
+        an "ack" and makes retries safe: a ref already published in the room is
+        acknowledged again with its first id, and not sent twice.
 
 Server to client, text frames with a "type":
 
     {"type": "welcome", "replica": "chat-1", "room": "lobby", ...}
         only to clients that offer the subprotocol ``chat.v1``, so the
         tutorial's own client, which prints every frame's "message", is
-        not shown a line it does not understand.
-    {"type": "chat", "message": "hello", "name": "Ada", "sent_via": "chat-2"}
-        a message of the room, with its sender's display name (?name=... in
-        the WebSocket URL); "sent_via" names the replica it was sent to.
+        not shown a line it does not understand. The same holds for
+        "history" and "presence".
+    {"type": "chat", "id": 57, "epoch": "4f1a2b9c", "message": "hello", "name": "Ada",
+     "sent_via": "chat-2"}
+        a message of the room. "id" counts up from 1 in the room within one
+        "epoch" (a new epoch starts if the server lost the room's history);
+        "sent_via" names the replica it was sent to. On joining, the newest
+        messages (CHAT_HISTORY_ON_JOIN), or on resuming, the missed ones, come
+        first, in id order, and a message is never sent twice on a connection.
+    {"type": "history", "epoch": "4f1a2b9c", "last_id": 57, "replayed": 3, "gap": "none"}
+        follows the replayed messages; live ones come after it. "gap" is "none",
+        "trimmed" (some missed messages are older than the history keeps) or
+        "reset" (the room's history was lost: missed messages of the client's
+        epoch cannot be recovered).
+    {"type": "ack", "ref": "k2v9x1", "id": 58, "epoch": "4f1a2b9c", "duplicate": false}
+        to the sender of a message with a "ref": it is stored and published.
     {"type": "presence", "members": ["Ada", "Grace"]}
         who is in the room, on every replica, after each join and leave
         (chat.v1 clients, async consumer).
-    {"type": "error", "code": "invalid_json", "detail": "..."}
-        bad input; the connection stays open unless a close code follows.
+    {"type": "error", "code": "invalid_json", "detail": "...", "ref": "k2v9x1"}
+        bad input or a message not sent ("ref" when the message had one); the
+        connection stays open unless a close code follows.
 
 Error codes and close codes are listed in ERRORS and CLOSE_* below and in README.md.
 """
 
 import json
 import re
-import time
 from urllib.parse import parse_qs
 
 SUBPROTOCOL = "chat.v1"
@@ -35,8 +55,13 @@ ROOM_NAME_PATTERN = r"[A-Za-z0-9_.-]{1,80}"
 ROOM_NAME_RULE = "1 to 80 characters, each an ASCII letter, a digit, '-', '_' or '.'"
 _ROOM_NAME = re.compile(ROOM_NAME_PATTERN)
 
-# Application close code (4000-4999 are free for applications, RFC 6455).
+# Close codes (RFC 6455 and the IANA registry; 4000-4999 are free for applications).
+CLOSE_MESSAGE_TOO_BIG = 1009  # a frame over CHAT_MAX_FRAME_BYTES, closed by Daphne
+CLOSE_SERVICE_RESTART = 1012  # the replica is draining: reconnect and resume
+CLOSE_TRY_AGAIN_LATER = 1013  # the replica is full, or Redis is unreachable on join
 CLOSE_INVALID_ROOM = 4400
+
+REF_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 ERRORS = {
     "invalid_json": "Frame is not valid JSON.",
@@ -45,6 +70,10 @@ ERRORS = {
     "message_too_large": "Frame is larger than {limit} bytes.",
     "binary_not_supported": "Binary frames are not supported; send JSON text.",
     "invalid_room": "Room name must be " + ROOM_NAME_RULE + ".",
+    "invalid_ref": 'Field "ref" must be 1 to 64 characters of A-Z, a-z, 0-9, "_" or "-".',
+    "invalid_resume": "last_id must be a whole number of at least 0; epoch must be given with it.",
+    "rate_limited": "More than {rate} messages per second; this one was not sent.",
+    "server_full": "This replica serves its maximum of connections; try again later.",
     "unavailable": "The message could not be sent; try again.",
 }
 
@@ -52,14 +81,18 @@ ERRORS = {
 class ProtocolError(Exception):
     """A client frame that breaks the protocol; answered with an error frame."""
 
-    def __init__(self, code, **params):
+    def __init__(self, code, ref=None, **params):
         super().__init__(code)
         self.code = code
+        self.ref = ref
         # Only templated details take parameters: the others hold literal braces.
         self.detail = ERRORS[code].format(**params) if params else ERRORS[code]
 
     def frame(self):
-        return json.dumps({"type": "error", "code": self.code, "detail": self.detail})
+        error = {"type": "error", "code": self.code, "detail": self.detail}
+        if self.ref is not None:
+            error["ref"] = self.ref
+        return json.dumps(error)
 
 
 def room_group_name(room_name):
@@ -70,7 +103,8 @@ def room_group_name(room_name):
 
 
 def parse_client_frame(text_data, bytes_data, max_bytes):
-    """Returns the chat message carried by a client frame, or raises ProtocolError."""
+    """Returns the (message, ref) of a client frame, ref None if absent, or raises
+    ProtocolError."""
     if text_data is None:
         raise ProtocolError("binary_not_supported")
     # A character takes at most 4 bytes: skip encoding the short frames.
@@ -82,16 +116,52 @@ def parse_client_frame(text_data, bytes_data, max_bytes):
         raise ProtocolError("invalid_json") from None
     if not isinstance(content, dict):
         raise ProtocolError("invalid_frame")
+    ref = content.get("ref")
+    if ref is not None and not (isinstance(ref, str) and REF_PATTERN.fullmatch(ref)):
+        raise ProtocolError("invalid_ref")
     message = content.get("message")
     if not isinstance(message, str):
-        raise ProtocolError("invalid_message")
-    return message
+        raise ProtocolError("invalid_message", ref=ref)
+    return message, ref
 
 
-def chat_event(message, replica, name):
-    """Builds the group event for a message; its frame is encoded once, by the sender."""
-    frame = json.dumps({"type": "chat", "message": message, "name": name, "sent_via": replica})
-    return {"type": "chat.message", "frame": frame, "sent_at": time.time()}
+def resume_position(query_string):
+    """The (epoch, last_id) a client resumes from, (None, None) for a new joiner, or
+    raises ProtocolError("invalid_resume")."""
+    params = parse_qs(query_string.decode("latin-1"))
+    last_id = params.get("last_id", [None])[0]
+    epoch = params.get("epoch", [None])[0]
+    if last_id is None:
+        if epoch is not None:
+            raise ProtocolError("invalid_resume")
+        return None, None
+    if not last_id.isdigit() or len(last_id) > 18 or epoch is not None and len(epoch) > 32:
+        raise ProtocolError("invalid_resume")
+    return epoch, int(last_id)
+
+
+def ack_frame(ref, published):
+    return json.dumps(
+        {
+            "type": "ack",
+            "ref": ref,
+            "id": published.id,
+            "epoch": published.epoch,
+            "duplicate": published.duplicate,
+        }
+    )
+
+
+def history_frame(replay, replayed):
+    return json.dumps(
+        {
+            "type": "history",
+            "epoch": replay.epoch,
+            "last_id": replay.last_id,
+            "replayed": replayed,
+            "gap": replay.gap,
+        }
+    )
 
 
 def presence_event(members):

@@ -123,8 +123,25 @@ CHAT_CONSUMER = env_choice("CHAT_CONSUMER", "async", ("async", "sync"))
 # Largest text frame a client may send, in bytes of UTF-8.
 CHAT_MAX_MESSAGE_BYTES = env_int("CHAT_MAX_MESSAGE_BYTES", 4096)
 
+# Frames larger than this close the connection with 1009 before they are read whole
+# (Daphne's limit); frames over CHAT_MAX_MESSAGE_BYTES but under it get an error frame.
+CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 65536)
+
 # Seconds after which the people of a replica that died leave the presence lists.
 CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", 15, minimum=3)
+
+# History each room keeps in Redis, for new joiners and for clients that resume.
+CHAT_HISTORY_MAX_LENGTH = env_int("CHAT_HISTORY_MAX_LENGTH", 1000)
+CHAT_HISTORY_MAX_AGE = env_int("CHAT_HISTORY_MAX_AGE", 3600)  # seconds
+CHAT_HISTORY_ON_JOIN = env_int("CHAT_HISTORY_ON_JOIN", 20, minimum=0)
+
+# Abuse limits, per connection (a token bucket) and per replica.
+CHAT_RATE_LIMIT = env_int("CHAT_RATE_LIMIT", 10)  # messages per second, sustained
+CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 30)  # messages at once
+CHAT_MAX_CONNECTIONS = env_int("CHAT_MAX_CONNECTIONS", 10000)
+
+# On SIGTERM: seconds over which the replica closes its WebSockets (1012).
+CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", 10, minimum=0)
 
 # --- Channel layer ----------------------------------------------------------
 #
@@ -147,6 +164,9 @@ REDIS_CONNECTION_OPTIONS = {
     "socket_keepalive": True,
     "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
 }
+# Commands of the chat's own Redis clients (history, presence) fail after this many
+# seconds, so that a hung Redis is answered with an error frame, not silence.
+REDIS_COMMAND_TIMEOUT = env_int("REDIS_COMMAND_TIMEOUT", 5)
 REDIS_HOSTS = [{"address": url, **REDIS_CONNECTION_OPTIONS} for url in REDIS_URLS]
 
 if CHAT_CHANNEL_LAYER == "pubsub":

@@ -5,13 +5,23 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.urls import re_path
 
-from chat import protocol
+from chat import history, lifecycle, presence, protocol
 from chat.consumers import ChatConsumer, SyncChatConsumer
 from chat.routing import ROOM_PATH
 
 pytestmark = pytest.mark.django_db(databases=[])
 
 CONSUMERS = [ChatConsumer, SyncChatConsumer]
+CONTROL_FRAMES = {"presence", "history"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_state():
+    """Each test starts with empty rooms: no history, presence or live connections."""
+    history._history = presence._presence = None
+    lifecycle.live_consumers.clear()
+    yield
+    history._history = presence._presence = None
 
 
 @pytest.fixture(params=CONSUMERS, ids=["async", "sync"])
@@ -20,24 +30,24 @@ def application(request):
 
 
 async def receive(communicator):
-    """The next frame that is not a presence update (those follow every join and leave)."""
+    """The next frame that is not a presence update or the end of a replay."""
     while True:
         frame = await communicator.receive_json_from()
-        if frame["type"] != "presence":
+        if frame["type"] not in CONTROL_FRAMES:
             return frame
 
 
 async def quiet(communicator, timeout=0.2):
     """True if nothing but presence updates arrives within `timeout`."""
     while not await communicator.receive_nothing(timeout=timeout):
-        if (await communicator.receive_json_from())["type"] != "presence":
+        if (await communicator.receive_json_from())["type"] not in CONTROL_FRAMES:
             return False
     return True
 
 
-async def join(application, room="lobby", subprotocols=("chat.v1",)):
+async def join(application, room="lobby", subprotocols=("chat.v1",), query=""):
     communicator = WebsocketCommunicator(
-        application, f"/ws/chat/{room}/", subprotocols=list(subprotocols)
+        application, f"/ws/chat/{room}/{query}", subprotocols=list(subprotocols)
     )
     connected, subprotocol = await communicator.connect()
     assert connected
@@ -45,6 +55,15 @@ async def join(application, room="lobby", subprotocols=("chat.v1",)):
         assert subprotocol == "chat.v1"
         assert (await communicator.receive_json_from())["type"] == "welcome"
     return communicator
+
+
+async def replayed(communicator):
+    """The chat frames replayed on joining, and the history frame that ends them."""
+    frames = []
+    while (frame := await communicator.receive_json_from())["type"] != "history":
+        assert frame["type"] == "chat", frame
+        frames.append(frame)
+    return frames, frame
 
 
 async def test_join_sends_welcome_naming_the_replica(application):
@@ -80,6 +99,8 @@ async def test_message_fans_out_to_everyone_in_the_room(application):
         frame = await receive(member)
         assert frame == {
             "type": "chat",
+            "id": 1,
+            "epoch": frame["epoch"],
             "message": "hello",
             "name": frame["name"],
             "sent_via": "unit-test",
@@ -171,8 +192,8 @@ async def test_presence_lists_the_room_and_follows_leaves():
         members = None
         while not await communicator.receive_nothing(timeout=0.1):
             frame = await communicator.receive_json_from()
-            assert frame["type"] == "presence"
-            members = frame["members"]
+            assert frame["type"] in CONTROL_FRAMES
+            members = frame.get("members", members)
         return members
 
     ada = await named("Ada")
@@ -192,3 +213,176 @@ def test_bad_display_names_get_a_default(query):
 
 def test_display_name_is_kept_as_text():
     assert protocol.display_name(b"name=%3Cimg%20src%3Dx%3E", "guest") == "<img src=x>"
+
+
+# --- Ids, history and recovery (the async consumer) ----------------------------
+
+ASYNC = URLRouter([re_path(ROOM_PATH, ChatConsumer.as_asgi())])
+
+
+async def say_all(communicator, messages):
+    for message in messages:
+        await communicator.send_json_to({"message": message})
+        await receive(communicator)
+
+
+async def test_ids_count_up_and_a_new_joiner_gets_the_newest(settings):
+    """Tests that ids count from 1 and a joiner is replayed the newest CHAT_HISTORY_ON_JOIN."""
+    settings.CHAT_HISTORY_ON_JOIN = 3
+    sender = await join(ASYNC, query="?name=Ada")
+    await replayed(sender)
+    await say_all(sender, [f"m{number}" for number in range(1, 6)])
+
+    joiner = await join(ASYNC)
+    frames, end = await replayed(joiner)
+    assert [(frame["id"], frame["message"]) for frame in frames] == [
+        (3, "m3"),
+        (4, "m4"),
+        (5, "m5"),
+    ]
+    assert end == {
+        "type": "history",
+        "epoch": frames[0]["epoch"],
+        "last_id": 5,
+        "replayed": 3,
+        "gap": "none",
+    }
+    await sender.send_json_to({"message": "m6"})
+    assert (await receive(joiner))["id"] == 6
+    await sender.disconnect()
+    await joiner.disconnect()
+
+
+async def test_resume_replays_exactly_the_missed_messages_in_order():
+    """Tests that last_id and epoch bring back what came after, once, then live ones."""
+    sender = await join(ASYNC)
+    await replayed(sender)
+    await say_all(sender, ["a", "b", "c", "d"])
+    epoch = (await history.get_history().replay("lobby", "chat_lobby")).epoch
+
+    resumed = await join(ASYNC, query=f"?last_id=2&epoch={epoch}")
+    frames, end = await replayed(resumed)
+    assert [frame["message"] for frame in frames] == ["c", "d"]
+    assert (end["last_id"], end["replayed"], end["gap"]) == (4, 2, "none")
+    await sender.send_json_to({"message": "e"})
+    assert [(await receive(resumed))["message"]] == ["e"]
+    assert await quiet(resumed, timeout=0.1)
+    await sender.disconnect()
+    await resumed.disconnect()
+
+
+async def test_resume_past_the_history_reports_a_trimmed_gap(settings):
+    """Tests that missed messages the history no longer has are reported, not hidden."""
+    settings.CHAT_HISTORY_MAX_LENGTH = 2
+    sender = await join(ASYNC)
+    await replayed(sender)
+    await say_all(sender, ["a", "b", "c", "d"])
+    epoch = (await history.get_history().replay("lobby", "chat_lobby")).epoch
+
+    resumed = await join(ASYNC, query=f"?last_id=1&epoch={epoch}")
+    frames, end = await replayed(resumed)
+    assert [frame["id"] for frame in frames] == [3, 4]
+    assert end["gap"] == "trimmed"
+    await sender.disconnect()
+    await resumed.disconnect()
+
+
+async def test_resume_from_another_epoch_reports_a_reset():
+    """Tests that a client holding a lost epoch is told, and given this epoch's messages."""
+    sender = await join(ASYNC)
+    await replayed(sender)
+    await say_all(sender, ["a"])
+    resumed = await join(ASYNC, query="?last_id=40&epoch=lost")
+    frames, end = await replayed(resumed)
+    assert [frame["message"] for frame in frames] == ["a"]
+    assert end["gap"] == "reset"
+    await sender.disconnect()
+    await resumed.disconnect()
+
+
+@pytest.mark.parametrize("query", ["?last_id=x", "?last_id=-1", "?epoch=abc"])
+async def test_bad_resume_position_gets_an_error_and_a_plain_join(query):
+    communicator = await join(ASYNC, query=query)
+    error = await communicator.receive_json_from()
+    assert error["code"] == "invalid_resume"
+    frames, end = await replayed(communicator)
+    assert end["gap"] == "none"
+    await communicator.disconnect()
+
+
+async def test_ref_is_acknowledged_and_a_retry_is_not_sent_twice():
+    """Tests that a message with a ref is acked with its id, and resending it is a no-op."""
+    sender = await join(ASYNC)
+    other = await join(ASYNC)
+    await replayed(sender)
+    await sender.send_json_to({"message": "once", "ref": "r-1"})
+    await sender.send_json_to({"message": "once", "ref": "r-1"})
+    frames = [await receive(sender) for _ in range(3)]
+    acks = sorted((f for f in frames if f["type"] == "ack"), key=lambda f: f["duplicate"])
+    assert [(ack["id"], ack["duplicate"]) for ack in acks] == [(1, False), (1, True)]
+    assert [f["message"] for f in frames if f["type"] == "chat"] == ["once"]
+    assert (await receive(other))["message"] == "once"
+    assert await quiet(other, timeout=0.1)
+    await sender.disconnect()
+    await other.disconnect()
+
+
+async def test_bad_ref_is_refused():
+    sender = await join(ASYNC)
+    await replayed(sender)
+    await sender.send_json_to({"message": "hi", "ref": "no spaces"})
+    assert (await receive(sender))["code"] == "invalid_ref"
+    await sender.disconnect()
+
+
+async def test_rate_limit_refuses_the_excess_with_its_ref(settings):
+    """Tests the token bucket: a burst passes, the excess gets rate_limited, nothing else."""
+    settings.CHAT_RATE_LIMIT, settings.CHAT_RATE_BURST = 1, 3
+    sender = await join(ASYNC)
+    await replayed(sender)
+    for number in range(5):
+        await sender.send_json_to({"message": f"m{number}", "ref": f"r{number}"})
+    frames = [await receive(sender) for _ in range(3 * 2 + 2)]
+    limited = [frame["ref"] for frame in frames if frame["type"] == "error"]
+    assert limited == ["r3", "r4"]
+    assert all(frame["code"] == "rate_limited" for frame in frames if frame["type"] == "error")
+    assert [frame["message"] for frame in frames if frame["type"] == "chat"] == ["m0", "m1", "m2"]
+    await sender.disconnect()
+
+
+async def test_connection_cap_refuses_with_server_full(settings):
+    settings.CHAT_MAX_CONNECTIONS = 1
+    first = await join(ASYNC)
+    refused = WebsocketCommunicator(ASYNC, "/ws/chat/lobby/", subprotocols=["chat.v1"])
+    assert (await refused.connect())[0]
+    assert (await refused.receive_json_from())["code"] == "server_full"
+    closed = await refused.receive_output()
+    assert closed == {"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER}
+    await first.disconnect()
+
+
+async def test_draining_replica_refuses_with_service_restart(monkeypatch):
+    monkeypatch.setattr(lifecycle, "draining", True)
+    refused = WebsocketCommunicator(ASYNC, "/ws/chat/lobby/", subprotocols=["chat.v1"])
+    assert (await refused.connect())[0]
+    closed = await refused.receive_output()
+    assert closed == {"type": "websocket.close", "code": protocol.CLOSE_SERVICE_RESTART}
+
+
+async def test_live_gap_is_filled_from_the_history():
+    """Tests that a live message whose predecessors never arrived brings them first."""
+    listener = await join(ASYNC)
+    await replayed(listener)
+    store = history.get_history()
+    # Stored without being published: what a replica cut off from Redis misses.
+    group_send = store.channel_layer.group_send
+    store.channel_layer.group_send = lambda *args: _nothing()
+    await store.publish("lobby", "chat_lobby", "missed", "x", "elsewhere")
+    store.channel_layer.group_send = group_send
+    await store.publish("lobby", "chat_lobby", "live", "x", "elsewhere")
+    assert [(await receive(listener))["message"] for _ in range(2)] == ["missed", "live"]
+    await listener.disconnect()
+
+
+async def _nothing():
+    return None

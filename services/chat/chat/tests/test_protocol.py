@@ -20,8 +20,9 @@ def test_room_group_name_rejects_names_channels_cannot_use(name):
 
 def test_parse_client_frame_returns_message():
     """Tests that the tutorial's frame yields its message, extra fields ignored."""
-    assert protocol.parse_client_frame('{"message": "hi", "x": 1}', None, 100) == "hi"
-    assert protocol.parse_client_frame('{"message": ""}', None, 100) == ""
+    assert protocol.parse_client_frame('{"message": "hi", "x": 1}', None, 100) == ("hi", None)
+    assert protocol.parse_client_frame('{"message": ""}', None, 100) == ("", None)
+    assert protocol.parse_client_frame('{"message": "a", "ref": "r-1"}', None, 100) == ("a", "r-1")
 
 
 @pytest.mark.parametrize(
@@ -56,21 +57,56 @@ def test_size_limit_counts_utf8_bytes():
     """Tests that the size limit is in bytes of UTF-8, not characters."""
     fits = json.dumps({"message": "é" * 10}, ensure_ascii=False)  # 15 + 20 bytes
     assert len(fits.encode()) == 35
-    assert protocol.parse_client_frame(fits, None, 35) == "é" * 10
+    assert protocol.parse_client_frame(fits, None, 35) == ("é" * 10, None)
     with pytest.raises(protocol.ProtocolError) as raised:
         protocol.parse_client_frame(fits, None, 34)
     assert raised.value.code == "message_too_large"
     assert "34 bytes" in raised.value.detail
 
 
-def test_chat_event_carries_a_ready_frame():
-    """Tests that the group event holds the encoded frame sent to every member."""
-    event = protocol.chat_event("hello <b>", "chat-2", "Ada")
-    assert event["type"] == "chat.message"
-    assert event["sent_at"] > 0
-    assert json.loads(event["frame"]) == {
+def test_frame_tail_completes_the_frame_the_store_numbers():
+    """Tests that the store's prefix plus the tail is the documented chat frame."""
+    from chat.history import frame_tail
+
+    frame = '{"type":"chat","id":7,"epoch":"ab",' + frame_tail('hello <b> "é"', "Ada", "chat-2")
+    assert json.loads(frame) == {
         "type": "chat",
-        "message": "hello <b>",
+        "id": 7,
+        "epoch": "ab",
+        "message": 'hello <b> "é"',
         "name": "Ada",
         "sent_via": "chat-2",
     }
+
+
+@pytest.mark.parametrize(
+    ("query", "position"),
+    [(b"", (None, None)), (b"last_id=0", (None, 0)), (b"name=a&last_id=7&epoch=ab", ("ab", 7))],
+)
+def test_resume_position(query, position):
+    assert protocol.resume_position(query) == position
+
+
+def test_token_bucket_allows_the_burst_then_the_rate():
+    from chat.limits import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
+    assert [bucket.allow() for _ in range(4)] == [True, True, True, False]
+    now[0] = 0.5  # one token back
+    assert [bucket.allow(), bucket.allow()] == [True, False]
+
+
+def test_plan_replay_gaps():
+    from chat.history import plan_replay
+
+    fresh = 1e12  # far in the future: never too old
+    entries = [(3, "c", fresh), (4, "d", fresh)]
+    assert plan_replay(entries, "e1", 4, "e1", 2, 60).gap == "none"
+    assert plan_replay(entries, "e1", 4, "e1", 1, 60).gap == "trimmed"
+    assert plan_replay([], "e1", 4, "e1", 4, 60).gap == "none"
+    assert plan_replay(entries, "e2", 4, "e1", 9, 60).gap == "reset"
+    assert plan_replay(entries, "e1", 4, None, 9, 60).gap == "reset"
+    old = [(3, "c", 0.0), (4, "d", fresh)]
+    too_old = plan_replay(old, "e1", 4, "e1", 2, 60)
+    assert (too_old.frames, too_old.gap) == ([(4, "d")], "trimmed")
