@@ -35,6 +35,8 @@ class ChatClient:
         self.socket = socket
         self.welcome = welcome
         self.members = None
+        self.replayed = []  # chat frames replayed on joining (async consumer)
+        self.history = None  # the "history" frame that ended them
 
     @property
     def replica(self):
@@ -80,4 +82,10 @@ async def join(cluster, room="lobby", replica=None, **options):
     )
     welcome = json.loads(await asyncio.wait_for(socket.recv(), 5))
     assert welcome["type"] == "welcome", welcome
-    return ChatClient(socket, welcome)
+    client = ChatClient(socket, welcome)
+    if welcome["consumer"] == "async":
+        # The room's newest messages come first, ended by a "history" frame.
+        while (frame := await client.receive())["type"] != "history":
+            client.replayed.append(frame)
+        client.history = frame
+    return client

@@ -23,6 +23,8 @@ async def test_sync_consumer_fans_out_across_replicas(sync_cluster):
         frame = await client.receive_chat()
         assert frame == {
             "type": "chat",
+            "id": 1,
+            "epoch": frame["epoch"],
             "message": "from the sync consumer",
             "name": second.welcome["name"],
             "sent_via": "chat-2",
