@@ -15,7 +15,7 @@ SCAN_VENV ?= .venv-scan
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
 
-.PHONY: help up down status logs test test-compose loadtest capacity loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
+.PHONY: help up down restart status logs test test-compose loadtest capacity loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,13 @@ ifeq ($(RUNTIME),compose)
 	@$(COMPOSE) down
 else
 	@if [ -x $(PYTHON) ]; then $(CLUSTER) down; else echo "chat-cluster is not running"; fi
+endif
+
+restart: ## Rolling restart: each replica drains its WebSockets (1012) and is ready before the next
+ifeq ($(RUNTIME),compose)
+	@$(COMPOSE) restart
+else
+	@$(CLUSTER) restart
 endif
 
 status: ## Show each process or container and whether each replica is ready

@@ -38,6 +38,17 @@ case "${1:-}" in
         ;;
     down) docker compose down --volumes --remove-orphans --timeout 20 ;;
     status) docker compose ps ;;
+    restart)
+        # One replica at a time: each drains (SIGTERM, 1012 to its WebSockets), and
+        # is healthy again before the next.
+        for container in $(docker compose ps --quiet chat); do
+            docker restart --time 30 "$container" >/dev/null
+            until [ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" = healthy ]; do
+                sleep 1
+            done
+            echo "restarted $(docker inspect --format '{{.Name}}' "$container")"
+        done
+        ;;
     logs) docker compose logs --tail 50 ${FOLLOW:+--follow} ;;
-    *) echo "usage: $0 up|down|status|logs" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|restart|status|logs" >&2; exit 2 ;;
 esac

@@ -44,11 +44,24 @@ SERVICE_SETTINGS = (
     "CHAT_LAYER_CAPACITY",
     "CHAT_LOG_LEVEL",
     "CHAT_PRESENCE_TTL",
+    "CHAT_MAX_FRAME_BYTES",
+    "CHAT_HISTORY_MAX_LENGTH",
+    "CHAT_HISTORY_MAX_AGE",
+    "CHAT_HISTORY_ON_JOIN",
+    "CHAT_RATE_LIMIT",
+    "CHAT_RATE_BURST",
+    "CHAT_MAX_CONNECTIONS",
+    "CHAT_DRAIN_SECONDS",
     "REDIS_MAX_CONNECTIONS",
     "REDIS_CONNECT_TIMEOUT",
+    "REDIS_COMMAND_TIMEOUT",
     "DJANGO_ALLOWED_HOSTS",
     "DJANGO_DEBUG",
 )
+
+
+# The service's default CHAT_DRAIN_SECONDS (chatsite/settings.py).
+DEFAULT_DRAIN_SECONDS = 10
 
 
 class ClusterError(Exception):
@@ -193,6 +206,12 @@ class Cluster:
             f'{key}="{value.replace("%", "%%")}"' for key, value in sorted(environment.items())
         )
 
+    @property
+    def stop_wait_seconds(self):
+        # chatsite.serve drains for CHAT_DRAIN_SECONDS, then allows 5 s of cleanup.
+        drain = int(os.environ.get("CHAT_DRAIN_SECONDS") or DEFAULT_DRAIN_SECONDS)
+        return drain + 5 + 5
+
     def rendered_files(self):
         values = dict(
             run_dir=self.run_dir,
@@ -213,6 +232,7 @@ class Cluster:
                 service_dir=SERVICE_DIR,
                 log_dir=self.log_dir,
                 environment=self.replica_environment(name),
+                stop_wait_seconds=self.stop_wait_seconds,
             )
             for name, port in self.replica_ports.items()
         )
@@ -421,6 +441,28 @@ class Cluster:
         note = f"; killed {leftovers} after {timeout} s" if leftovers else ""
         print(f"chat-cluster stopped: supervisord {pid} and {len(children)} processes{note}")
 
+    def restart(self, names, timeout):
+        """Restarts programs one at a time, each ready before the next: a replica
+        drains (SIGTERM, chatsite.serve) and its clients resume on the others."""
+        if self.supervisor_pid() is None:
+            raise ClusterError(f"chat-cluster is not running ({self.run_dir})")
+        rpc = self.rpc()
+        known = [p["name"] for p in rpc.getAllProcessInfo()]
+        for name in names:
+            if name not in known:
+                raise ClusterError(f"no program {name!r}; programs: {', '.join(known)}")
+        for name in names:
+            started = time.monotonic()
+            rpc.stopProcess(name, True)
+            stopped = time.monotonic()
+            rpc.startProcess(name, True)
+            self.wait_until_ready(timeout)
+            print(
+                f"{name}: stopped in {stopped - started:.1f} s, "
+                f"ready again {time.monotonic() - stopped:.1f} s later",
+                flush=True,
+            )
+
     def status(self):
         if self.supervisor_pid() is None:
             print(f"chat-cluster is not running ({self.run_dir})")
@@ -475,6 +517,11 @@ def main(argv=None):
     up = commands.add_parser("up", help="start, or apply changed settings")
     up.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
     commands.add_parser("down", help="stop everything up started")
+    restart = commands.add_parser(
+        "restart", help="rolling restart: each replica drains and is ready before the next"
+    )
+    restart.add_argument("programs", nargs="*", help="programs to restart (default: replicas)")
+    restart.add_argument("--timeout", type=float, default=60, help="seconds to wait for each")
     commands.add_parser("status", help="processes and readiness")
     logs = commands.add_parser("logs", help="the last lines of every log")
     logs.add_argument("-n", "--lines", type=int, default=50)
@@ -488,6 +535,8 @@ def main(argv=None):
             cluster.up(args.timeout)
         elif args.command == "down":
             cluster.down()
+        elif args.command == "restart":
+            cluster.restart(args.programs or list(cluster.replica_ports), args.timeout)
         elif args.command == "status":
             return 0 if cluster.status() else 1
         elif args.command == "logs":

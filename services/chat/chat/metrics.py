@@ -38,6 +38,9 @@ replica_info.info(
     }
 )
 
+draining = Gauge(
+    "draining", "1 while the replica drains its connections before exiting.", namespace=NAMESPACE
+)
 connections_open = Gauge("connections_open", "WebSocket connections open now.", namespace=NAMESPACE)
 connects = Counter("connects", "WebSocket connections accepted into a room.", namespace=NAMESPACE)
 disconnects = Counter(

@@ -11,6 +11,8 @@ from prometheus_client import make_asgi_app
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from . import lifecycle
+
 # A readiness probe must answer well within the prober's own timeout.
 REDIS_PING_TIMEOUT = 1.0
 
@@ -34,9 +36,10 @@ class OperationalEndpoints:
             await self.respond(send, 200, {"status": "ok", "replica": settings.CHAT_REPLICA_ID})
         elif path == READINESS_PATH:
             redis = await redis_states()
-            ready = all(state == "ok" for state in redis.values())
+            ready = all(state == "ok" for state in redis.values()) and not lifecycle.draining
+            status = "draining" if lifecycle.draining else "ok" if ready else "unavailable"
             body = {
-                "status": "ok" if ready else "unavailable",
+                "status": status,
                 "replica": settings.CHAT_REPLICA_ID,
                 "redis": redis,
             }

@@ -1,0 +1,115 @@
+"""Daphne, with a graceful drain on SIGTERM. Takes the same arguments as `daphne`:
+
+    python -m chatsite.serve --bind 0.0.0.0 --port 8001 --proxy-headers chatsite.asgi:application
+
+Daphne stops on SIGTERM at once: every WebSocket is cut (1006) and its consumer
+cancelled (daphne#38). Here SIGTERM instead
+  1. marks the replica draining: /readyz answers 503 and a handshake that still
+     arrives is closed with 1012;
+  2. stops listening, so the load balancer sends new connections elsewhere;
+  3. closes the open WebSockets with 1012 (service restart), spread evenly over
+     CHAT_DRAIN_SECONDS so that their reconnects do not land on the other
+     replicas at once; clients resume from their last id (chat.history);
+  4. exits when every consumer has finished (left its group and presence), or
+     CHAT_DRAIN_SECONDS + CLEANUP_SECONDS after the signal.
+A second SIGTERM or SIGINT stops at once. Kubernetes' terminationGracePeriodSeconds
+and supervisord's stopwaitsecs must exceed CHAT_DRAIN_SECONDS + CLEANUP_SECONDS.
+"""
+
+import logging
+import os
+import signal
+import sys
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from django.conf import settings
+from twisted.internet import reactor
+
+from chat import lifecycle, protocol
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+logger = logging.getLogger("chatsite.serve")
+
+# After the last close: time for consumers to leave their groups and presence.
+CLEANUP_SECONDS = 5
+POLL_SECONDS = 0.2
+
+
+class DrainingServer(Server):
+    def __init__(self, *args, **kwargs):
+        # Frames over the limit close the connection (1009) before being buffered.
+        kwargs["websocket_max_message_size"] = settings.CHAT_MAX_FRAME_BYTES
+        kwargs["websocket_max_frame_size"] = settings.CHAT_MAX_FRAME_BYTES
+        kwargs["signal_handlers"] = False  # run() installs the drain's own
+        super().__init__(*args, **kwargs)
+        self.ports = []
+        self.drain_deadline = None
+
+    def run(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.on_signal)
+        super().run()
+
+    def listen_success(self, port):
+        self.ports.append(port)
+        super().listen_success(port)
+
+    def on_signal(self, signum, frame):
+        # In the main thread between bytecodes: hand over to the reactor.
+        reactor.callFromThread(self.drain, signal.Signals(signum).name)
+
+    def open_websockets(self):
+        return [
+            connection
+            for connection in self.connections
+            if isinstance(connection, WebSocketProtocol)
+            and connection.state == WebSocketProtocol.STATE_OPEN
+        ]
+
+    def drain(self, signal_name):
+        if lifecycle.draining or signal_name == "SIGINT":
+            logger.warning("%s: stopping now", signal_name)
+            self.stop()
+            return
+        from chat import metrics  # reads settings: after the application is loaded
+
+        lifecycle.draining = True
+        metrics.draining.set(1)
+        for port in self.ports:
+            port.stopListening()
+        sockets = self.open_websockets()
+        seconds = settings.CHAT_DRAIN_SECONDS
+        logger.warning("%s: draining %d WebSockets over %d s", signal_name, len(sockets), seconds)
+        interval = seconds / len(sockets) if sockets else 0
+        for number, socket in enumerate(sockets):
+            reactor.callLater(number * interval, self.close_socket, socket)
+        self.drain_deadline = reactor.seconds() + seconds + CLEANUP_SECONDS
+        reactor.callLater(POLL_SECONDS, self.stop_when_drained)
+
+    @staticmethod
+    def close_socket(socket):
+        if socket.state == WebSocketProtocol.STATE_OPEN:
+            socket.serverClose(code=protocol.CLOSE_SERVICE_RESTART)
+
+    def stop_when_drained(self):
+        busy = [
+            details
+            for details in self.connections.values()
+            if details.get("application_instance") and not details["application_instance"].done()
+        ]
+        if not busy or reactor.seconds() >= self.drain_deadline:
+            logger.warning("drained; %d connections were still busy", len(busy))
+            self.stop()
+        else:
+            reactor.callLater(POLL_SECONDS, self.stop_when_drained)
+
+
+class DrainingCommandLineInterface(CommandLineInterface):
+    server_class = DrainingServer
+
+
+if __name__ == "__main__":
+    sys.exit(DrainingCommandLineInterface().run(sys.argv[1:]))
