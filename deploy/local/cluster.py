@@ -441,6 +441,13 @@ class Cluster:
         note = f"; killed {leftovers} after {timeout} s" if leftovers else ""
         print(f"chat-cluster stopped: supervisord {pid} and {len(children)} processes{note}")
 
+    def control(self, action, names):
+        """Stops or starts single programs (fault drills: `stop redis`)."""
+        rpc = self.rpc()
+        for name in names:
+            getattr(rpc, f"{action}Process")(name, True)
+            print(f"{name}: {action}ped" if action == "stop" else f"{name}: started")
+
     def restart(self, names, timeout):
         """Restarts programs one at a time, each ready before the next: a replica
         drains (SIGTERM, chatsite.serve) and its clients resume on the others."""
@@ -522,6 +529,9 @@ def main(argv=None):
     )
     restart.add_argument("programs", nargs="*", help="programs to restart (default: replicas)")
     restart.add_argument("--timeout", type=float, default=60, help="seconds to wait for each")
+    for action in ("stop", "start"):
+        control = commands.add_parser(action, help=f"{action} single programs, e.g. redis")
+        control.add_argument("programs", nargs="+")
     commands.add_parser("status", help="processes and readiness")
     logs = commands.add_parser("logs", help="the last lines of every log")
     logs.add_argument("-n", "--lines", type=int, default=50)
@@ -535,6 +545,10 @@ def main(argv=None):
             cluster.up(args.timeout)
         elif args.command == "down":
             cluster.down()
+        elif args.command in ("stop", "start"):
+            if cluster.supervisor_pid() is None:
+                raise ClusterError(f"chat-cluster is not running ({cluster.run_dir})")
+            cluster.control(args.command, args.programs)
         elif args.command == "restart":
             cluster.restart(args.programs or list(cluster.replica_ports), args.timeout)
         elif args.command == "status":

@@ -71,10 +71,11 @@ class ChatClient:
         await self.socket.close()
 
 
-async def join(cluster, room="lobby", replica=None, **options):
-    """Connects through nginx, or straight to replica number `replica`."""
+async def join(cluster, room="lobby", replica=None, query="", **options):
+    """Connects through nginx, or straight to replica number `replica`; `query` is
+    the URL's query string, such as "?last_id=3&epoch=ab"."""
     socket = await connect(
-        cluster.ws_url(room, replica),
+        cluster.ws_url(room, replica) + query,
         origin=cluster.origin,
         subprotocols=["chat.v1"],
         open_timeout=30,

@@ -38,6 +38,14 @@ CLEANUP_SECONDS = 5
 POLL_SECONDS = 0.2
 
 
+class ChatWebSocketProtocol(WebSocketProtocol):
+    def serverClose(self, code=None):
+        # autobahn's sendClose() takes only 1000 and 3000-4999, and raises on the
+        # codes RFC 6455's registry gives servers: 1012 (restart) and 1013 (try
+        # again later). Its sendCloseFrame() sends any code.
+        self.sendCloseFrame(code=1000 if code is None else code, isReply=False)
+
+
 class DrainingServer(Server):
     def __init__(self, *args, **kwargs):
         # Frames over the limit close the connection (1009) before being buffered.
@@ -51,7 +59,15 @@ class DrainingServer(Server):
     def run(self):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.on_signal)
+        # run() makes the factory; the reactor accepts no connection before this.
+        reactor.callWhenRunning(self.configure_websockets)
         super().run()
+
+    def configure_websockets(self):
+        self.ws_factory.protocol = ChatWebSocketProtocol
+        # A protocol violation, such as a frame over the size limit, is answered with
+        # its close code (1009) rather than a dropped TCP connection (1006).
+        self.ws_factory.setProtocolOptions(failByDrop=False)
 
     def listen_success(self, port):
         self.ports.append(port)
