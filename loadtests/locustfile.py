@@ -106,6 +106,9 @@ class ChatUser(User):
             welcome = json.loads(self.socket.recv())
             if welcome.get("type") != "welcome":
                 raise ValueError(f"expected a welcome frame, got {welcome}")
+            # The async consumer first replays the room's newest messages, up to a
+            # "history" frame: sent before this user joined, they are not deliveries.
+            self.live = welcome.get("consumer") != "async"
         except Exception as error:  # noqa: BLE001 - every failure is reported to Locust
             report("connect", started, exception=error)
             self.socket = None
@@ -146,7 +149,9 @@ class ChatUser(User):
         if data["type"] == "error":
             report("error", time.perf_counter(), exception=RuntimeError(data["code"]))
             return
-        if data["type"] != "chat":
+        if data["type"] == "history":
+            self.live = True
+        if data["type"] != "chat" or not self.live:
             return
         sender, sequence, sent_at = data["message"].split(" ", 3)[:3]
         sequence = int(sequence)
