@@ -17,6 +17,9 @@ live_consumers = set()
 
 draining = False
 
+ATTEMPTS = 3
+RETRY_DELAY = 0.2  # seconds, growing with each attempt
+
 
 async def redis_recovered(presence):
     """Puts back what a Redis restart loses, then sends every connection what its
@@ -34,12 +37,29 @@ async def redis_recovered(presence):
             await presence.restore(consumer.room_name, consumer.channel_name, consumer.name)
         except LAYER_ERRORS as error:
             logger.warning("restoring %s failed: %r", consumer.channel_name, error)
-    for room in rooms:
+
+    async def send_presence(room):
+        await broadcast_presence(room, await presence.members(room))
+
+    steps = [(f"presence of {room}", send_presence, room) for room in rooms]
+    steps += [
+        (f"catch-up of {consumer.channel_name}", type(consumer).catch_up, consumer)
+        for consumer in consumers
+        if hasattr(consumer, "catch_up")
+    ]
+    await asyncio.gather(*(retrying(name, step, argument) for name, step, argument in steps))
+
+
+async def retrying(name, step, argument):
+    """Runs step(argument), again after a failure: the pools' connections may still be
+    the ones Redis dropped, and a second attempt takes a new one."""
+    from .consumers import LAYER_ERRORS
+
+    for attempt in range(1, ATTEMPTS + 1):
         try:
-            await broadcast_presence(room, await presence.members(room))
+            return await step(argument)
         except LAYER_ERRORS as error:
-            logger.warning("presence of %s not sent: %r", room, error)
-    catching_up = [consumer.catch_up() for consumer in consumers if hasattr(consumer, "catch_up")]
-    for result in await asyncio.gather(*catching_up, return_exceptions=True):
-        if isinstance(result, Exception):
-            logger.warning("catch-up failed: %r", result)
+            if attempt == ATTEMPTS:
+                logger.warning("%s failed: %r", name, error)
+            else:
+                await asyncio.sleep(RETRY_DELAY * attempt)
