@@ -98,13 +98,14 @@ class RoomMixin:
             metrics.connections_open.dec()
 
     def parse(self, text_data, bytes_data):
-        """The (message, ref) of a client frame that may be sent, or None when it was
-        answered with an error frame instead."""
+        """((message, ref), None) for a client frame that may be sent, else (None, the
+        ProtocolError to answer with)."""
+        allowed = self.rate_limit.allow()  # every frame counts, bad ones too
         try:
             message, ref = protocol.parse_client_frame(
                 text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
             )
-            if not self.rate_limit.allow():
+            if not allowed:
                 raise protocol.ProtocolError("rate_limited", ref, rate=settings.CHAT_RATE_LIMIT)
         except protocol.ProtocolError as error:
             self.count_error(error)
