@@ -60,6 +60,8 @@ SERVICE_SETTINGS = (
 )
 
 
+# Seconds nginx leaves a replica out after a failed connect (a dead or draining one).
+NGINX_FAIL_TIMEOUT = 2
 # The service's default CHAT_DRAIN_SECONDS (chatsite/settings.py).
 DEFAULT_DRAIN_SECONDS = 10
 
@@ -237,7 +239,7 @@ class Cluster:
             for name, port in self.replica_ports.items()
         )
         upstream = "\n".join(
-            f"        server {HOST}:{port} max_fails=1 fail_timeout=5s;"
+            f"        server {HOST}:{port} max_fails=1 fail_timeout={NGINX_FAIL_TIMEOUT}s;"
             for port in self.replica_ports.values()
         )
         return {
@@ -441,28 +443,44 @@ class Cluster:
         note = f"; killed {leftovers} after {timeout} s" if leftovers else ""
         print(f"chat-cluster stopped: supervisord {pid} and {len(children)} processes{note}")
 
+    def program_names(self, rpc):
+        """supervisord's names ("group:name") by the names people use (chat-1, redis)."""
+        return {
+            p["name"]: f"{p['group']}:{p['name']}" if p["group"] != p["name"] else p["name"]
+            for p in rpc.getAllProcessInfo()
+        }
+
+    def resolve(self, rpc, names):
+        if self.supervisor_pid() is None:
+            raise ClusterError(f"chat-cluster is not running ({self.run_dir})")
+        known = self.program_names(rpc)
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ClusterError(f"no program {', '.join(unknown)}; programs: {', '.join(known)}")
+        return [known[name] for name in names]
+
     def control(self, action, names):
         """Stops or starts single programs (fault drills: `stop redis`)."""
         rpc = self.rpc()
-        for name in names:
-            getattr(rpc, f"{action}Process")(name, True)
-            print(f"{name}: {action}ped" if action == "stop" else f"{name}: started")
+        for name, full_name in zip(names, self.resolve(rpc, names), strict=True):
+            getattr(rpc, f"{action}Process")(full_name, True)
+            print(f"{name}: {'stopped' if action == 'stop' else 'started'}")
 
     def restart(self, names, timeout):
         """Restarts programs one at a time, each ready before the next: a replica
         drains (SIGTERM, chatsite.serve) and its clients resume on the others."""
-        if self.supervisor_pid() is None:
-            raise ClusterError(f"chat-cluster is not running ({self.run_dir})")
         rpc = self.rpc()
-        known = [p["name"] for p in rpc.getAllProcessInfo()]
-        for name in names:
-            if name not in known:
-                raise ClusterError(f"no program {name!r}; programs: {', '.join(known)}")
-        for name in names:
+        programs = zip(names, self.resolve(rpc, names), strict=True)
+        for number, (name, full_name) in enumerate(programs):
+            if number:
+                # nginx counts the refused connects of the drain as failures and skips
+                # the replica for NGINX_FAIL_TIMEOUT: wait until it takes it back, or the
+                # next replica's clients would all go to the one after it.
+                time.sleep(NGINX_FAIL_TIMEOUT)
             started = time.monotonic()
-            rpc.stopProcess(name, True)
+            rpc.stopProcess(full_name, True)
             stopped = time.monotonic()
-            rpc.startProcess(name, True)
+            rpc.startProcess(full_name, True)
             self.wait_until_ready(timeout)
             print(
                 f"{name}: stopped in {stopped - started:.1f} s, "
@@ -546,8 +564,6 @@ def main(argv=None):
         elif args.command == "down":
             cluster.down()
         elif args.command in ("stop", "start"):
-            if cluster.supervisor_pid() is None:
-                raise ClusterError(f"chat-cluster is not running ({cluster.run_dir})")
             cluster.control(args.command, args.programs)
         elif args.command == "restart":
             cluster.restart(args.programs or list(cluster.replica_ports), args.timeout)
