@@ -802,6 +802,8 @@ async def run_scenario(cluster, scenario, options):
             await asyncio.wait_for(asyncio.shield(injection), 180)
         except TimeoutError:
             fault["errors"].append("the injection did not finish in 180 s")
+        except Exception as error:  # reported: "the fault took effect" then fails
+            fault["errors"].append(f"the injection failed: {error!r}")
         injected_done = loop.time()
         remaining = max(sending_until - loop.time(), injected_done + options.settle - loop.time())
         await asyncio.sleep(max(remaining, 0))
