@@ -60,8 +60,6 @@ SERVICE_SETTINGS = (
 )
 
 
-# Seconds nginx leaves a replica out after a failed connect (a dead or draining one).
-NGINX_FAIL_TIMEOUT = 2
 # The service's default CHAT_DRAIN_SECONDS (chatsite/settings.py).
 DEFAULT_DRAIN_SECONDS = 10
 
@@ -239,7 +237,11 @@ class Cluster:
             for name, port in self.replica_ports.items()
         )
         upstream = "\n".join(
-            f"        server {HOST}:{port} max_fails=1 fail_timeout={NGINX_FAIL_TIMEOUT}s;"
+            # max_fails=0: a refused connect (a replica restarting or dead) still moves
+            # on to the next replica, but does not bar the replica for fail_timeout: a
+            # WebSocket never ends the bar, so a drained replica, once back, got almost
+            # no new connections while the others were drained in turn.
+            f"        server {HOST}:{port} max_fails=0;"
             for port in self.replica_ports.values()
         )
         return {
@@ -471,12 +473,7 @@ class Cluster:
         drains (SIGTERM, chatsite.serve) and its clients resume on the others."""
         rpc = self.rpc()
         programs = zip(names, self.resolve(rpc, names), strict=True)
-        for number, (name, full_name) in enumerate(programs):
-            if number:
-                # nginx counts the refused connects of the drain as failures and skips
-                # the replica for NGINX_FAIL_TIMEOUT: wait until it takes it back, or the
-                # next replica's clients would all go to the one after it.
-                time.sleep(NGINX_FAIL_TIMEOUT)
+        for name, full_name in programs:
             started = time.monotonic()
             rpc.stopProcess(full_name, True)
             stopped = time.monotonic()

@@ -20,7 +20,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from . import lifecycle, metrics, protocol
-from .history import GAP_NONE, get_history
+from .history import GAP_NONE, GAP_TRIMMED, Replay, get_history
 from .layers import release_channel
 from .limits import TokenBucket
 from .presence import get_presence
@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 # What the channel layer raises when Redis cannot take a message.
 LAYER_ERRORS = (RedisError, OSError, ChannelFull)
+
+# A gap the history could not fill at once is retried: 0.2 s, doubling to 5 s, ~1 min.
+CATCH_UP_ATTEMPTS = 15
+CATCH_UP_FIRST_DELAY = 0.2
+CATCH_UP_MAX_DELAY = 5
 
 
 class RoomMixin:
@@ -197,6 +202,8 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def disconnect(self, close_code):
+        if self.catch_up_task is not None:
+            self.catch_up_task.cancel()
         was_joined = self.joined
         self.count_leave()
         # Leave room group
@@ -241,6 +248,11 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
             if message_id > self.last_id + 1:
                 # Missed while this replica was cut off from Redis: from the history.
                 missed = await self.history_between(self.last_id, message_id)
+                if missed is None:
+                    # The history cannot be read now: send nothing out of order; the
+                    # catch-up sends this message too, after the missing ones.
+                    self.schedule_catch_up()
+                    return
                 await self.send_frames(missed)
             # Send message to WebSocket
             await self.send(text_data=event["frame"])
@@ -284,20 +296,26 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
             await self.send(text_data=protocol.history_frame(replay, len(replay.frames)))
 
     async def history_between(self, after_id, before_id):
+        """The frames after_id < id < before_id from the history, or None if it cannot
+        be read; a client is told (a "history" frame) of any it no longer holds."""
         try:
             frames = await get_history().between(
                 self.room_name, self.room_group_name, after_id, before_id
             )
         except LAYER_ERRORS as error:
             self.log_layer_error("history", error)
-            frames = []
+            return None
         if len(frames) < before_id - after_id - 1:
             metrics.history_gaps.labels("live").inc()
+            if self.subprotocol:
+                gap = Replay(self.epoch, before_id - 1, gap=GAP_TRIMMED)
+                await self.send(text_data=protocol.history_frame(gap, len(frames)))
         return frames
 
     async def catch_up(self):
         """Sends what the room got while this replica could not hear it (Redis was
-        unreachable or restarted); called by lifecycle.RedisWatch."""
+        unreachable or restarted): called after Redis comes back (lifecycle), and
+        when a gap could not be filled at once."""
         async with self.delivery_lock:
             replay = await get_history().replay(
                 self.room_name, self.room_group_name, self.epoch, self.last_id
@@ -306,6 +324,21 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
                 await self.send_frames(replay.frames)
                 self.epoch = replay.epoch
                 self.last_id = max(self.last_id, replay.last_id)
+
+    catch_up_task = None
+
+    def schedule_catch_up(self):
+        if self.catch_up_task is None or self.catch_up_task.done():
+            self.catch_up_task = asyncio.get_running_loop().create_task(self.keep_catching_up())
+
+    async def keep_catching_up(self):
+        for attempt in range(CATCH_UP_ATTEMPTS):
+            await asyncio.sleep(min(CATCH_UP_FIRST_DELAY * 2**attempt, CATCH_UP_MAX_DELAY))
+            try:
+                await self.catch_up()
+                return
+            except LAYER_ERRORS as error:
+                self.log_layer_error("catch_up", error)
 
 
 class SyncChatConsumer(RoomMixin, WebsocketConsumer):

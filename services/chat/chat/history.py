@@ -14,7 +14,7 @@ id order, so a consumer sees a gap in ids only when it really missed something.
 Keys, per room (the channel-layer shard that carries the room's group holds them):
     chat:history:<room>   stream of the last CHAT_HISTORY_MAX_LENGTH frames, id "<id>-0"
     chat:room:<room>      hash: last_id, epoch
-    chat:ref:<room>:<ref> the id given to a client's message ref (idempotent retries)
+    chat:ref:<room>:<ref> the id given to a message's ref (idempotent retries)
 
 Messages older than CHAT_HISTORY_MAX_AGE are not replayed, and a room's history
 expires that long after its last message.
@@ -34,7 +34,8 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash
 from django.conf import settings
-from redis import asyncio as aioredis
+
+from .redis_clients import chat_redis
 
 # The room's counter and epoch outlive its history, so that an idle room keeps
 # counting where it stopped; a week, or twice the history's age if longer.
@@ -42,6 +43,9 @@ ROOM_STATE_MIN_TTL = 7 * 24 * 3600
 # How long a client's message ref is remembered: its retries within this are
 # acknowledged with the first id instead of being sent again.
 REF_TTL = 3600
+# A message without a client ref gets one of the server's, so that the Redis
+# client may retry the script on a broken connection without publishing twice.
+SERVER_REF_TTL = 60
 
 # Gap kinds in the "history" frame (see chat.protocol).
 GAP_NONE = "none"
@@ -51,14 +55,14 @@ GAP_RESET = "reset"  # the room's history was lost (new epoch)
 # KEYS: stream, room state, ref key.
 # ARGV: frame tail (the JSON object after its opening brace, without id and epoch),
 #       sent_at, max length, history ttl ms, state ttl ms, a new epoch if needed,
-#       pub/sub channel to publish on ("" not to), ref ttl ms ("" when no ref).
+#       pub/sub channel to publish on ("" not to), ref ttl ms.
 # Returns {id, epoch, duplicate (0 or 1), frame}.
 PUBLISH_SCRIPT = """
 local stream, state, ref_key = KEYS[1], KEYS[2], KEYS[3]
 local tail, sent_at, max_length = ARGV[1], ARGV[2], ARGV[3]
 local history_ttl, state_ttl, new_epoch = ARGV[4], ARGV[5], ARGV[6]
 local channel, ref_ttl = ARGV[7], ARGV[8]
-if ref_ttl ~= '' then
+do
   local known = redis.call('GET', ref_key)
   if known then
     local epoch = redis.call('HGET', state, 'epoch') or ''
@@ -75,9 +79,7 @@ local frame = '{"type":"chat","id":' .. id .. ',"epoch":"' .. epoch .. '",' .. t
 redis.call('XADD', stream, 'MAXLEN', max_length, id .. '-0', 'f', frame, 't', sent_at)
 redis.call('PEXPIRE', stream, history_ttl)
 redis.call('PEXPIRE', state, state_ttl)
-if ref_ttl ~= '' then
-  redis.call('SET', ref_key, id, 'PX', ref_ttl)
-end
+redis.call('SET', ref_key, id, 'PX', ref_ttl)
 if channel ~= '' then
   redis.call('PUBLISH', channel, cmsgpack.pack({
     type = 'chat.message', frame = frame, id = id, epoch = epoch, sent_at = tonumber(sent_at)
@@ -147,16 +149,7 @@ def plan_replay(entries, state_epoch, state_last_id, client_epoch, client_last_i
 class RedisHistory:
     def __init__(self, channel_layer, urls, max_length, max_age, on_join):
         self.channel_layer = channel_layer
-        self.clients = [
-            aioredis.Redis.from_url(
-                url,
-                socket_timeout=settings.REDIS_COMMAND_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_CONNECTION_OPTIONS["socket_connect_timeout"],
-                socket_keepalive=True,
-                max_connections=settings.REDIS_CONNECTION_OPTIONS["max_connections"],
-            )
-            for url in urls
-        ]
+        self.clients = [chat_redis(url) for url in urls]
         self.max_length = max_length
         self.max_age = max_age
         self.on_join = on_join
@@ -184,8 +177,9 @@ class RedisHistory:
             self.script = client.register_script(PUBLISH_SCRIPT)
         sent_at = time.time()
         channel = self.group_channel(group) if self.publishes_in_script else ""
+        ref_ttl = REF_TTL if ref else SERVER_REF_TTL
         message_id, epoch, duplicate, frame = await self.script(
-            keys=self.keys(room, ref),
+            keys=self.keys(room, ref or f"server-{secrets.token_hex(8)}"),
             args=[
                 frame_tail(message, name, replica),
                 repr(sent_at),
@@ -194,7 +188,7 @@ class RedisHistory:
                 max(ROOM_STATE_MIN_TTL, 2 * self.max_age) * 1000,
                 new_epoch(),
                 channel,
-                REF_TTL * 1000 if ref else "",
+                ref_ttl * 1000,
             ],
             client=client,
         )

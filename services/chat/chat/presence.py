@@ -24,8 +24,9 @@ import uuid
 from collections import Counter
 
 from django.conf import settings
-from redis import asyncio as aioredis
 from redis.exceptions import RedisError
+
+from .redis_clients import chat_redis
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,7 @@ class MemoryPresence:
 
 class RedisPresence:
     def __init__(self, url, replica, ttl):
-        self.redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=settings.REDIS_COMMAND_TIMEOUT,
-            socket_connect_timeout=settings.REDIS_COMMAND_TIMEOUT,
-            decode_responses=True,
-        )
+        self.redis = chat_redis(url, decode_responses=True)
         self.replica = f"{replica}/{uuid.uuid4().hex[:8]}"  # this process, not the name
         self.ttl = ttl
         self.local_rooms = Counter()  # room -> connections on this replica

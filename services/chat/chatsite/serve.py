@@ -45,6 +45,13 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         # again later). Its sendCloseFrame() sends any code.
         self.sendCloseFrame(code=1000 if code is None else code, isReply=False)
 
+    def dropConnection(self, abort=False):
+        # After a clean closing handshake autobahn resets the TCP connection (abort).
+        # A reset makes the kernel discard what the proxy has not read yet, and nginx
+        # then cut some clients off with 1006 instead of passing on the close: end
+        # with a FIN instead. A peer that failed (timeouts) is still reset.
+        super().dropConnection(abort=abort and not self.wasClean)
+
 
 class DrainingServer(Server):
     def __init__(self, *args, **kwargs):

@@ -1,0 +1,33 @@
+"""The chat's own Redis clients (history, presence), beside the channel layer's.
+
+Commands time out after REDIS_COMMAND_TIMEOUT, so that a hung Redis is answered
+with an error frame rather than silence. A broken connection is retried at once
+on a new one, twice at most: after a Redis restart the pool still holds the dead
+connections. Only connection errors are retried, not timeouts (each would cost
+REDIS_COMMAND_TIMEOUT again), and every command sent is safe to repeat: reads,
+and the publish script, which is idempotent through its message ref.
+"""
+
+from django.conf import settings
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+RETRIES = 2
+
+
+def chat_redis(url, **options):
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=settings.REDIS_COMMAND_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_CONNECTION_OPTIONS["socket_connect_timeout"],
+        socket_keepalive=True,
+        max_connections=settings.REDIS_CONNECTION_OPTIONS["max_connections"],
+        retry=Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+            RETRIES,
+            supported_errors=(RedisConnectionError,),
+        ),
+        **options,
+    )
