@@ -314,8 +314,8 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
 
     async def catch_up(self):
         """Sends what the room got while this replica could not hear it (Redis was
-        unreachable or restarted): called after Redis comes back (lifecycle), and
-        when a gap could not be filled at once."""
+        unreachable or restarted): after Redis comes back (history_catch_up), and
+        when a gap could not be filled at once (schedule_catch_up)."""
         async with self.delivery_lock:
             replay = await get_history().replay(
                 self.room_name, self.room_group_name, self.epoch, self.last_id
@@ -324,6 +324,14 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
                 await self.send_frames(replay.frames)
                 self.epoch = replay.epoch
                 self.last_id = max(self.last_id, replay.last_id)
+
+    async def history_catch_up(self, event):
+        """Sent by lifecycle.redis_recovered, after what was queued before it."""
+        try:
+            await self.catch_up()
+        except LAYER_ERRORS as error:
+            self.log_layer_error("catch_up", error)
+            self.schedule_catch_up()
 
     catch_up_task = None
 

@@ -41,9 +41,14 @@ async def redis_recovered(presence):
     async def send_presence(room):
         await broadcast_presence(room, await presence.members(room))
 
+    async def ask_to_catch_up(consumer):
+        # Through the consumer's own queue: a catch-up must come after the messages
+        # already waiting there, which may be of the epoch before the restart.
+        await consumer.channel_layer.send(consumer.channel_name, {"type": "history.catch_up"})
+
     steps = [(f"presence of {room}", send_presence, room) for room in rooms]
     steps += [
-        (f"catch-up of {consumer.channel_name}", type(consumer).catch_up, consumer)
+        (f"catch-up of {consumer.channel_name}", ask_to_catch_up, consumer)
         for consumer in consumers
         if hasattr(consumer, "catch_up")
     ]
