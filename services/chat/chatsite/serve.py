@@ -118,10 +118,17 @@ class DrainingServer(Server):
             socket.serverClose(code=protocol.CLOSE_SERVICE_RESTART)
 
     def stop_when_drained(self):
+        # Busy: a consumer still leaving its group, or a socket whose closing
+        # handshake has not ended; exiting would reset it, and the proxy would then
+        # drop the close frame it has not passed on yet (the client sees 1006).
         busy = [
-            details
-            for details in self.connections.values()
-            if details.get("application_instance") and not details["application_instance"].done()
+            connection
+            for connection, details in self.connections.items()
+            if (details.get("application_instance") and not details["application_instance"].done())
+            or (
+                isinstance(connection, WebSocketProtocol)
+                and connection.state != WebSocketProtocol.STATE_CLOSED
+            )
         ]
         if not busy or reactor.seconds() >= self.drain_deadline:
             logger.warning("drained; %d connections were still busy", len(busy))
