@@ -15,7 +15,7 @@ SCAN_VENV ?= .venv-scan
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
 
-.PHONY: help up down restart status logs test test-compose loadtest capacity loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
+.PHONY: help up down restart status logs test test-compose loadtest capacity chaos soak loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ loadtest: deps ## Compare async/sync consumers, pubsub/core layers and the raw f
 
 capacity: deps ## Benchmark idle connections through nginx against replica memory (KB per connection)
 	$(PYTHON) loadtests/capacity.py $(CAPACITY_ARGS)
+
+chaos: deps ## Fault drills under steady traffic: a replica SIGKILLed, Redis restarted, a rolling restart (lost, duplicated, recovery)
+	$(PYTHON) loadtests/faults.py --scenario all --clients 60 --rooms 6 --rate 5 --seconds 20 --quiesce 30 $(CHAOS_ARGS)
+
+soak: deps ## 30 minutes of moderate load; every replica's memory over time (loadtests/results/<date>/soak.md)
+	$(PYTHON) loadtests/soak.py $(SOAK_ARGS)
 
 loadtest-ui: venv ## Open Locust's web UI (http://127.0.0.1:8089) against the running cluster's load balancer
 	@echo "Locust: http://127.0.0.1:8089  (target http://127.0.0.1:$${LB_PORT:-8080})"
