@@ -72,8 +72,10 @@ class RedisPresence:
 
     async def join(self, room, channel, name):
         if self.sweeper is None or self.sweeper.done():
-            await self.heartbeat()
+            # Set before the first await: joins arriving meanwhile must not start
+            # sweepers of their own (a burst of joins once started a hundred).
             self.sweeper = asyncio.get_running_loop().create_task(self.sweep_forever())
+            await self.heartbeat()
         self.local_rooms[room] += 1
         await self.restore(room, channel, name)
         return await self.members(room)
@@ -99,23 +101,35 @@ class RedisPresence:
         return previous is not None
 
     async def sweep(self):
-        """Drops the entries of replicas whose heartbeat expired; returns the rooms changed."""
-        changed = []
-        for room in list(self.local_rooms):
-            entries = await self.redis.hgetall(self.room_key(room))
-            replica_of = {
-                channel: json.loads(entry)["replica"] for channel, entry in entries.items()
-            }
-            alive = {
-                replica
-                for replica in set(replica_of.values())
-                if await self.redis.exists(self.replica_key(replica))
-            }
-            dead = [channel for channel, replica in replica_of.items() if replica not in alive]
-            if dead:
-                await self.redis.hdel(self.room_key(room), *dead)
-                changed.append(room)
-        return changed
+        """Drops the entries of replicas whose heartbeat expired; returns the rooms
+        changed. Three round trips, however many rooms this replica serves."""
+        rooms = list(self.local_rooms)
+        if not rooms:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.hgetall(self.room_key(room))
+            entries_of_rooms = await pipe.execute()
+        replica_of = {
+            room: {channel: json.loads(entry)["replica"] for channel, entry in entries.items()}
+            for room, entries in zip(rooms, entries_of_rooms, strict=True)
+        }
+        replicas = sorted({replica for room in replica_of.values() for replica in room.values()})
+        if not replicas:
+            return []
+        beats = await self.redis.mget([self.replica_key(replica) for replica in replicas])
+        dead = {replica for replica, beat in zip(replicas, beats, strict=True) if beat is None}
+        changed = {
+            room: [channel for channel, replica in channels.items() if replica in dead]
+            for room, channels in replica_of.items()
+        }
+        changed = {room: channels for room, channels in changed.items() if channels}
+        if changed:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for room, channels in changed.items():
+                    pipe.hdel(self.room_key(room), *channels)
+                await pipe.execute()
+        return list(changed)
 
     async def sweep_forever(self):
         from .consumers import broadcast_presence
