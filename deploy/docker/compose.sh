@@ -43,9 +43,14 @@ case "${1:-}" in
         # is healthy again before the next.
         for container in $(docker compose ps --quiet chat); do
             docker restart --time 30 "$container" >/dev/null
-            until [ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" = healthy ]; do
+            for _ in $(seq 120); do
+                [ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" = healthy ] && break
                 sleep 1
             done
+            if [ "$(docker inspect --format '{{.State.Health.Status}}' "$container")" != healthy ]; then
+                echo "$container is not healthy after 120 s; stopping the rolling restart" >&2
+                exit 1
+            fi
             echo "restarted $(docker inspect --format '{{.Name}}' "$container")"
         done
         ;;
