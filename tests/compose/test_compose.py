@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import join
+from tests.integration.conftest import join, read_until_closed
 
 # Building the images on a fresh machine (debootstrap, apt, pip) takes minutes.
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
@@ -48,6 +48,40 @@ async def test_message_through_nginx_reaches_every_replica(stack):
         assert frame["sent_via"] == clients[0].replica
     await asyncio.gather(*(client.assert_silent(0.5) for client in clients))
     for client in clients:
+        await client.close()
+
+
+async def test_stopped_replica_drains_with_1012_and_its_client_resumes(stack):
+    """Tests the drain in a container: `docker stop` (SIGTERM to chatsite.serve, PID 1)
+    closes the replica's WebSockets with 1012, and a client resuming through nginx gets
+    what was sent meanwhile."""
+    leaving = await join(stack, "compose-drain")
+    staying = await join(stack, "compose-drain")
+    for _ in range(20):
+        if staying.replica != leaving.replica:
+            break
+        await staying.close()
+        staying = await join(stack, "compose-drain")
+    assert staying.replica != leaving.replica
+    container = next(c for c in stack.containers("chat") if c["ID"].startswith(leaving.replica))
+
+    stopping = asyncio.create_task(
+        asyncio.to_thread(stack.docker, "stop", "--time", "30", container["ID"])
+    )
+    await read_until_closed(leaving)
+    assert leaving.socket.close_code == 1012
+    await stopping
+
+    await staying.socket.send(json.dumps({"message": "while you moved", "ref": "moved-1"}))
+    ack = None
+    while ack is None:
+        frame = await staying.receive()
+        ack = frame if frame["type"] == "ack" else None
+    back = await join(
+        stack, "compose-drain", query=f"?last_id={ack['id'] - 1}&epoch={ack['epoch']}"
+    )
+    assert [frame["message"] for frame in back.replayed] == ["while you moved"]
+    for client in (staying, back):
         await client.close()
 
 

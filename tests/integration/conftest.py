@@ -6,6 +6,7 @@ import json
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.cluster import LocalCluster
 
@@ -90,3 +91,12 @@ async def join(cluster, room="lobby", replica=None, query="", **options):
             client.replayed.append(frame)
         client.history = frame
     return client
+
+
+async def read_until_closed(client, timeout=15):
+    """Reads and drops frames until the server closes the socket."""
+    try:
+        while True:
+            await asyncio.wait_for(client.socket.recv(), timeout)
+    except ConnectionClosed:
+        return

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.conftest import join, start_cluster
+from tests.integration.conftest import join, read_until_closed, start_cluster
 
 LIMITS = {
     "CHAT_HISTORY_MAX_LENGTH": "5",
@@ -43,14 +43,6 @@ async def frames_until(client, predicate, timeout=5):
     while not frames or not predicate(frames[-1]):
         frames.append(await client.receive(timeout))
     return frames
-
-
-async def read_until_closed(client):
-    try:
-        while True:
-            await client.socket.recv()
-    except ConnectionClosed:
-        return
 
 
 async def send_acked(client, messages):
