@@ -253,12 +253,17 @@ async def test_ids_count_up_and_a_new_joiner_gets_the_newest(settings):
     await joiner.disconnect()
 
 
-async def test_resume_replays_exactly_the_missed_messages_in_order():
-    """Tests that last_id and epoch bring back what came after, once, then live ones."""
+async def room_with(messages):
+    """A member of "lobby" who has sent `messages`, and the room's epoch."""
     sender = await join(ASYNC)
     await replayed(sender)
-    await say_all(sender, ["a", "b", "c", "d"])
-    epoch = (await history.get_history().replay("lobby", "chat_lobby")).epoch
+    await say_all(sender, messages)
+    return sender, (await history.get_history().replay("lobby", "chat_lobby")).epoch
+
+
+async def test_resume_replays_exactly_the_missed_messages_in_order():
+    """Tests that last_id and epoch bring back what came after, once, then live ones."""
+    sender, epoch = await room_with(["a", "b", "c", "d"])
 
     resumed = await join(ASYNC, query=f"?last_id=2&epoch={epoch}")
     frames, end = await replayed(resumed)
@@ -274,10 +279,7 @@ async def test_resume_replays_exactly_the_missed_messages_in_order():
 async def test_resume_past_the_history_reports_a_trimmed_gap(settings):
     """Tests that missed messages the history no longer has are reported, not hidden."""
     settings.CHAT_HISTORY_MAX_LENGTH = 2
-    sender = await join(ASYNC)
-    await replayed(sender)
-    await say_all(sender, ["a", "b", "c", "d"])
-    epoch = (await history.get_history().replay("lobby", "chat_lobby")).epoch
+    sender, epoch = await room_with(["a", "b", "c", "d"])
 
     resumed = await join(ASYNC, query=f"?last_id=1&epoch={epoch}")
     frames, end = await replayed(resumed)
