@@ -3,6 +3,8 @@ deploy/defaults.env are the ones the service reads and serves, and the ones the
 local cluster, compose and Kubernetes use."""
 
 import re
+import subprocess
+import sys
 
 from chat import operations
 
@@ -107,6 +109,7 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
     read = service_settings_read()
     local = set(load_local_cluster().SERVICE_SETTINGS) | {
         "CHAT_REPLICA_ID",
+        "CHAT_DRAIN_SECONDS",
         "REDIS_URLS",
         "DJANGO_SECRET_KEY",
     }
@@ -114,6 +117,38 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
     kubernetes = {e["name"] for e in k8s_container("chat")["env"]}
     for runtime, names in (("local", local), ("compose", composed), ("k8s", kubernetes)):
         assert names <= read, f"{runtime} sets variables the service never reads: {names - read}"
+
+
+def test_every_runtime_waits_out_the_drain():
+    """Tests that defaults.env's CHAT_DRAIN_SECONDS is the service's own default, and that
+    supervisord, compose and Kubernetes wait longer than a drain and its cleanup before
+    they kill a replica."""
+    code = (
+        "import chatsite.settings as s, chatsite.serve as v;"
+        "print(s.CHAT_DRAIN_SECONDS, v.CLEANUP_SECONDS)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": "/usr/bin:/bin", "DJANGO_SECRET_KEY": "k"},
+        cwd=ROOT / "services" / "chat",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    service_default, cleanup = map(int, result.stdout.split())
+    drain = int(defaults()["CHAT_DRAIN_SECONDS"])
+    assert service_default == drain
+
+    local = load_local_cluster()
+    assert cleanup == local.DRAIN_CLEANUP_SECONDS
+    chat = compose()["services"]["chat"]
+    assert chat["environment"]["CHAT_DRAIN_SECONDS"] == "${CHAT_DRAIN_SECONDS:?}"
+    assert int(chat["stop_grace_period"].removesuffix("s")) > drain + cleanup
+    pod = k8s_object("Deployment", "chat")["spec"]["template"]["spec"]
+    container = k8s_container("chat")
+    k8s_drain = int(next(e["value"] for e in container["env"] if e["name"] == "CHAT_DRAIN_SECONDS"))
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + k8s_drain + cleanup
 
 
 def test_every_variable_the_service_reads_is_documented():

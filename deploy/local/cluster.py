@@ -51,7 +51,6 @@ SERVICE_SETTINGS = (
     "CHAT_RATE_LIMIT",
     "CHAT_RATE_BURST",
     "CHAT_MAX_CONNECTIONS",
-    "CHAT_DRAIN_SECONDS",
     "REDIS_MAX_CONNECTIONS",
     "REDIS_CONNECT_TIMEOUT",
     "REDIS_COMMAND_TIMEOUT",
@@ -60,8 +59,9 @@ SERVICE_SETTINGS = (
 )
 
 
-# The service's default CHAT_DRAIN_SECONDS (chatsite/settings.py).
-DEFAULT_DRAIN_SECONDS = 10
+# After the drain, chatsite.serve allows this long for cleanup; supervisord then
+# waits as long again before it kills.
+DRAIN_CLEANUP_SECONDS = 5
 
 
 class ClusterError(Exception):
@@ -124,6 +124,7 @@ class Cluster:
     readiness_path: str
     lb_health_path: str
     metrics_path: str
+    drain_seconds: int
 
     @classmethod
     def from_environment(cls, run_dir):
@@ -138,6 +139,7 @@ class Cluster:
             readiness_path=defaults["READINESS_PATH"],
             lb_health_path=defaults["LB_HEALTH_PATH"],
             metrics_path=defaults["METRICS_PATH"],
+            drain_seconds=int_setting("CHAT_DRAIN_SECONDS", defaults, minimum=0),
         )
 
     # --- Layout -------------------------------------------------------------
@@ -198,6 +200,8 @@ class Cluster:
             DJANGO_SETTINGS_MODULE="chatsite.settings",
             DJANGO_SECRET_KEY=self.secret_key(),
             CHAT_REPLICA_ID=name,
+            # The drain that stop_wait_seconds allows for.
+            CHAT_DRAIN_SECONDS=str(self.drain_seconds),
             REDIS_URLS=self.redis_url,
             PYTHONUNBUFFERED="1",
         )
@@ -208,9 +212,7 @@ class Cluster:
 
     @property
     def stop_wait_seconds(self):
-        # chatsite.serve drains for CHAT_DRAIN_SECONDS, then allows 5 s of cleanup.
-        drain = int(os.environ.get("CHAT_DRAIN_SECONDS") or DEFAULT_DRAIN_SECONDS)
-        return drain + 5 + 5
+        return self.drain_seconds + 2 * DRAIN_CLEANUP_SECONDS
 
     def rendered_files(self):
         values = dict(
