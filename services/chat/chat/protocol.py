@@ -71,7 +71,7 @@ ERRORS = {
     "binary_not_supported": "Binary frames are not supported; send JSON text.",
     "invalid_room": "Room name must be " + ROOM_NAME_RULE + ".",
     "invalid_ref": 'Field "ref" must be 1 to 64 characters of A-Z, a-z, 0-9, "_" or "-".',
-    "invalid_resume": "last_id must be a whole number of at least 0; epoch must be given with it.",
+    "invalid_resume": "last_id must be a whole number of at least 0; epoch comes only with it.",
     "rate_limited": "More than {rate} messages per second; this one was not sent.",
     "server_full": "This replica serves its maximum of connections; try again later.",
     "unavailable": "The message could not be sent; try again.",
