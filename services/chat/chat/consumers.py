@@ -135,6 +135,11 @@ class RoomMixin:
 class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
     consumer_kind = "async"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Live delivery and catch_up() both send from the history; one at a time.
+        self.delivery_lock = asyncio.Lock()
+
     async def send(self, text_data=None, bytes_data=None, close=False):
         # Daphne (autobahn) raises Disconnected on a send to a socket whose client has
         # begun to close. Nothing reaches that client any more; raised, it would end
@@ -268,14 +273,6 @@ class ChatConsumer(RoomMixin, AsyncWebsocketConsumer):
 
     epoch = None
     last_id = 0
-
-    @property
-    def delivery_lock(self):
-        # Live delivery and catch_up() both send from the history; one at a time.
-        lock = self.__dict__.get("_delivery_lock")
-        if lock is None:
-            lock = self.__dict__["_delivery_lock"] = asyncio.Lock()
-        return lock
 
     async def send_frames(self, frames):
         for message_id, frame in frames:
