@@ -83,6 +83,8 @@ class RoomMixin:
             self.consumer_kind,
             settings.CHAT_MAX_MESSAGE_BYTES,
             self.name,
+            settings.CHAT_RATE_LIMIT,
+            settings.CHAT_RATE_BURST,
         )
 
     def log_layer_error(self, action, error):

@@ -14,7 +14,7 @@ Client to server, one text frame per message (the tutorial's protocol):
 
 Server to client, text frames with a "type":
 
-    {"type": "welcome", "replica": "chat-1", "room": "lobby", ...}
+    {"type": "welcome", "replica": "chat-1", "room": "lobby", "rate_limit": 10, ...}
         only to clients that offer the subprotocol ``chat.v1``, so the
         tutorial's own client, which prints every frame's "message", is
         not shown a line it does not understand. The same holds for
@@ -60,6 +60,12 @@ CLOSE_MESSAGE_TOO_BIG = 1009  # a frame over CHAT_MAX_FRAME_BYTES, closed by Dap
 CLOSE_SERVICE_RESTART = 1012  # the replica is draining: reconnect and resume
 CLOSE_TRY_AGAIN_LATER = 1013  # the replica is full, or Redis is unreachable on join
 CLOSE_INVALID_ROOM = 4400
+
+# The "gap" of a history frame: what a joining or resuming client could not be sent.
+GAP_NONE = "none"
+GAP_TRIMMED = "trimmed"  # older than the history keeps (length or age)
+GAP_RESET = "reset"  # the room's history was lost: a new epoch began
+GAP_KINDS = (GAP_NONE, GAP_TRIMMED, GAP_RESET)
 
 REF_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -185,7 +191,7 @@ def display_name(query_string, default):
     return name
 
 
-def welcome_frame(replica, room_name, consumer, max_bytes, name):
+def welcome_frame(replica, room_name, consumer, max_bytes, name, rate_limit, rate_burst):
     return json.dumps(
         {
             "type": "welcome",
@@ -194,6 +200,8 @@ def welcome_frame(replica, room_name, consumer, max_bytes, name):
             "consumer": consumer,
             "max_message_bytes": max_bytes,
             "name": name,
+            "rate_limit": rate_limit,
+            "rate_burst": rate_burst,
         }
     )
 
