@@ -80,10 +80,12 @@ def service_settings_read():
     return names
 
 
+@cache
 def load_local_cluster():
-    """deploy/local/cluster.py, a script rather than a package, loaded as a module."""
-    path = ROOT / "deploy" / "local" / "cluster.py"
-    spec = importlib.util.spec_from_file_location("local_cluster", path)
+    """deploy/local/config.py, the local cluster's settings and generated files: a module
+    beside a script, not in a package, so loaded by its path. It imports no sibling."""
+    path = ROOT / "deploy" / "local" / "config.py"
+    spec = importlib.util.spec_from_file_location("local_cluster_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

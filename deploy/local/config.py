@@ -1,0 +1,322 @@
+"""The local cluster's configuration: its settings (deploy/defaults.env, overridden by the
+environment), the ports, URLs and paths derived from them, and the text of every file it
+generates. Nothing here writes a file or starts a process; supervision.py does.
+"""
+
+import os
+import shutil
+import string
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+DEFAULTS_FILE = DEPLOY / "defaults.env"
+SERVICE_DIR = ROOT / "services" / "chat"
+HOST = "127.0.0.1"
+
+# Settings of the service that the cluster passes on to every replica when set.
+SERVICE_SETTINGS = (
+    "CHAT_CONSUMER",
+    "CHAT_CHANNEL_LAYER",
+    "CHAT_MAX_MESSAGE_BYTES",
+    "CHAT_LAYER_CAPACITY",
+    "CHAT_LOG_LEVEL",
+    "CHAT_PRESENCE_TTL",
+    "CHAT_MAX_FRAME_BYTES",
+    "CHAT_HISTORY_MAX_LENGTH",
+    "CHAT_HISTORY_MAX_AGE",
+    "CHAT_HISTORY_ON_JOIN",
+    "CHAT_RATE_LIMIT",
+    "CHAT_RATE_BURST",
+    "CHAT_MAX_CONNECTIONS",
+    "REDIS_MAX_CONNECTIONS",
+    "REDIS_CONNECT_TIMEOUT",
+    "REDIS_COMMAND_TIMEOUT",
+    "DJANGO_ALLOWED_HOSTS",
+    "DJANGO_DEBUG",
+)
+
+# After the drain, chatsite.serve allows this long for cleanup; supervisord then
+# waits as long again before it kills.
+DRAIN_CLEANUP_SECONDS = 5
+
+
+class ClusterError(Exception):
+    """A failure explained to the user; printed without a traceback."""
+
+
+class ConfigTemplate(string.Template):
+    # nginx and supervisord use "$" and "%" themselves.
+    delimiter = "@"
+
+
+def read_defaults(path=DEFAULTS_FILE):
+    defaults = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            defaults[name.strip()] = value.strip()
+    return defaults
+
+
+def setting(name, defaults, environ):
+    return environ.get(name) or defaults[name]
+
+
+def int_setting(name, defaults, environ, minimum=1, maximum=65535):
+    value = setting(name, defaults, environ)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ClusterError(f"{name} must be a whole number, not {value!r}") from None
+    if not minimum <= number <= maximum:
+        raise ClusterError(f"{name} must be between {minimum} and {maximum}, not {number}")
+    return number
+
+
+def render(template_path, **values):
+    return ConfigTemplate(template_path.read_text()).substitute(**values)
+
+
+def find_program(name):
+    # nginx lives in /usr/sbin, which a non-root PATH often lacks.
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if not found:
+        raise ClusterError(
+            f"{name} is not installed. Run `make deps` as root, or install the Debian "
+            "packages nginx-light, redis-server and prometheus."
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Programs:
+    """The executables the generated supervisord.conf runs."""
+
+    python: str
+    redis_server: str
+    nginx: str
+    prometheus: str
+
+    @classmethod
+    def find(cls):
+        return cls(
+            python=sys.executable,
+            redis_server=find_program("redis-server"),
+            nginx=find_program("nginx"),
+            prometheus=find_program("prometheus"),
+        )
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    run_dir: Path
+    replicas: int
+    lb_port: int
+    chat_port: int
+    redis_port: int
+    prometheus_port: int
+    readiness_path: str
+    lb_health_path: str
+    metrics_path: str
+    drain_seconds: int
+    # The SERVICE_SETTINGS that are set, passed on to every replica.
+    service_settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls, run_dir, environ=os.environ, defaults=None):
+        defaults = read_defaults() if defaults is None else defaults
+        return cls(
+            run_dir=Path(run_dir).resolve(),
+            replicas=int_setting("REPLICAS", defaults, environ, maximum=64),
+            lb_port=int_setting("LB_PORT", defaults, environ),
+            chat_port=int_setting("CHAT_PORT", defaults, environ),
+            redis_port=int_setting("REDIS_PORT", defaults, environ),
+            prometheus_port=int_setting("PROMETHEUS_PORT", defaults, environ),
+            readiness_path=defaults["READINESS_PATH"],
+            lb_health_path=defaults["LB_HEALTH_PATH"],
+            metrics_path=defaults["METRICS_PATH"],
+            drain_seconds=int_setting("CHAT_DRAIN_SECONDS", defaults, environ, minimum=0),
+            service_settings={
+                name: environ[name] for name in SERVICE_SETTINGS if environ.get(name)
+            },
+        )
+
+    # --- Layout -------------------------------------------------------------
+
+    @property
+    def log_dir(self):
+        return self.run_dir / "logs"
+
+    @property
+    def directories(self):
+        """The directories the generated files and the programs write into."""
+        return (self.run_dir, self.log_dir, self.run_dir / "nginx", self.run_dir / "redis")
+
+    @property
+    def pid_file(self):
+        return self.run_dir / "supervisord.pid"
+
+    @property
+    def supervisor_conf(self):
+        return self.run_dir / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self):
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def secret_key_file(self):
+        return self.run_dir / "secret_key"
+
+    # --- Addresses ----------------------------------------------------------
+
+    @property
+    def replica_ports(self):
+        return {f"chat-{n}": self.chat_port + n - 1 for n in range(1, self.replicas + 1)}
+
+    @property
+    def program_ports(self):
+        """The port of every supervised program that listens on one, by program name."""
+        return {
+            **self.replica_ports,
+            "nginx": self.lb_port,
+            "redis": self.redis_port,
+            "prometheus": self.prometheus_port,
+        }
+
+    @property
+    def redis_url(self):
+        return f"redis://{HOST}:{self.redis_port}/0"
+
+    @property
+    def lb_url(self):
+        return f"http://{HOST}:{self.lb_port}"
+
+    @property
+    def prometheus_url(self):
+        return f"http://{HOST}:{self.prometheus_port}"
+
+    @property
+    def probe_urls(self):
+        """The readiness URL of every program that has one, by program name."""
+        urls = {
+            name: f"http://{HOST}:{port}{self.readiness_path}"
+            for name, port in self.replica_ports.items()
+        }
+        urls["nginx"] = f"{self.lb_url}{self.lb_health_path}"
+        urls["prometheus"] = f"{self.prometheus_url}/-/ready"
+        return urls
+
+    def ports(self):
+        """Every port the cluster listens on, by the setting that chose it; they must differ."""
+        ports = {
+            "LB_PORT": self.lb_port,
+            "REDIS_PORT": self.redis_port,
+            "PROMETHEUS_PORT": self.prometheus_port,
+        }
+        for name, port in self.replica_ports.items():
+            ports[f"CHAT_PORT ({name})"] = port
+        if len(set(ports.values())) != len(ports):
+            raise ClusterError(f"Ports overlap: {ports}")
+        return ports
+
+    # --- The replicas -------------------------------------------------------
+
+    @property
+    def consumer(self):
+        return self.service_settings.get("CHAT_CONSUMER") or "async"
+
+    @property
+    def channel_layer(self):
+        return self.service_settings.get("CHAT_CHANNEL_LAYER") or "pubsub"
+
+    @property
+    def stop_wait_seconds(self):
+        return self.drain_seconds + 2 * DRAIN_CLEANUP_SECONDS
+
+    def replica_environment(self, name, secret_key):
+        return {
+            **self.service_settings,
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "DJANGO_SECRET_KEY": secret_key,
+            "CHAT_REPLICA_ID": name,
+            # The drain that stop_wait_seconds allows for.
+            "CHAT_DRAIN_SECONDS": str(self.drain_seconds),
+            "REDIS_URLS": self.redis_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+def supervisor_environment(environment):
+    """An environment as supervisord's `environment=` value."""
+    # supervisord reads "%" as the start of an expansion.
+    return ",".join(
+        f'{key}="{value.replace("%", "%%")}"' for key, value in sorted(environment.items())
+    )
+
+
+def nginx_upstream_servers(config):
+    return "\n".join(
+        # max_fails=0: a refused connect (a replica restarting or dead) still moves
+        # on to the next replica, but does not bar the replica for fail_timeout: a
+        # WebSocket never ends the bar, so a drained replica, once back, got almost
+        # no new connections while the others were drained in turn.
+        f"        server {HOST}:{port} max_fails=0;"
+        for port in config.replica_ports.values()
+    )
+
+
+def rendered_files(config, programs, secret_key, run_as_root):
+    """The text of every generated file, by its name in the run directory."""
+    values = dict(
+        run_dir=config.run_dir,
+        log_dir=config.log_dir,
+        host=HOST,
+        lb_port=config.lb_port,
+        redis_port=config.redis_port,
+        prometheus_port=config.prometheus_port,
+        deploy_dir=DEPLOY,
+    )
+    replica_programs = "".join(
+        render(
+            DEPLOY / "local" / "replica.conf.template",
+            name=name,
+            port=port,
+            host=HOST,
+            python=programs.python,
+            service_dir=SERVICE_DIR,
+            log_dir=config.log_dir,
+            environment=supervisor_environment(config.replica_environment(name, secret_key)),
+            stop_wait_seconds=config.stop_wait_seconds,
+        )
+        for name, port in config.replica_ports.items()
+    )
+    return {
+        "supervisord.conf": render(
+            DEPLOY / "local" / "supervisord.conf.template",
+            redis_server=programs.redis_server,
+            nginx=programs.nginx,
+            prometheus=programs.prometheus,
+            replica_names=",".join(config.replica_ports),
+            replica_programs=replica_programs,
+            **values,
+        ),
+        "nginx.conf": render(
+            DEPLOY / "nginx" / "nginx.conf.template",
+            upstream_servers=nginx_upstream_servers(config),
+            # Workers of a root master would otherwise run as nobody.
+            user_directive="user root;" if run_as_root else "",
+            **values,
+        ),
+        "redis.conf": render(DEPLOY / "redis" / "redis.conf.template", **values),
+        "prometheus.yml": render(
+            DEPLOY / "prometheus" / "prometheus.local.yml.template",
+            metrics_path=config.metrics_path,
+            replica_targets=", ".join(f'"{HOST}:{port}"' for port in config.replica_ports.values()),
+            **values,
+        ),
+    }

@@ -1,0 +1,38 @@
+"""What the local cluster asks the network: whether its ports are free before it
+starts, and whether each program answers its readiness URL."""
+
+import socket
+import urllib.error
+import urllib.request
+
+from config import HOST, ClusterError
+
+
+def check_ports_free(ports):
+    """Raises ClusterError naming the first busy port of `ports` ({setting: port})."""
+    for name, port in ports.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((HOST, port))
+            except OSError as error:
+                setting_name = name.split()[0]
+                raise ClusterError(
+                    f"Port {port} ({name}) on {HOST} is busy: {error.strerror}. "
+                    f"Stop what holds it, or choose another port, e.g. "
+                    f"`make up {setting_name}={port + 1000}`."
+                ) from None
+
+
+def readiness(urls):
+    """The state of each of `urls` ({name: url}): ready, HTTP <status> or down (<reason>)."""
+    states = {}
+    for name, url in urls.items():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                states[name] = "ready" if response.status == 200 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as error:
+            states[name] = f"HTTP {error.code}"
+        except (urllib.error.URLError, OSError) as error:
+            states[name] = f"down ({getattr(error, 'reason', error)})"
+    return states

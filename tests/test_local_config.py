@@ -1,0 +1,211 @@
+"""The local cluster's configuration (deploy/local/config.py): settings, derived
+addresses and the generated files, rendered into strings without starting anything."""
+
+import configparser
+import re
+
+import pytest
+
+from .deploy import defaults, load_local_cluster, nginx_listen_ports
+
+config = load_local_cluster()
+
+PROGRAMS = config.Programs(
+    python="/opt/py/bin/python",
+    redis_server="/opt/bin/redis-server",
+    nginx="/opt/sbin/nginx",
+    prometheus="/opt/bin/prometheus",
+)
+PORTS = {
+    "LB_PORT": "31080",
+    "CHAT_PORT": "31001",
+    "REDIS_PORT": "31380",
+    "PROMETHEUS_PORT": "31090",
+}
+
+
+def cluster(tmp_path, **environ):
+    return config.ClusterConfig.from_environment(tmp_path / "run", environ=environ)
+
+
+def render(cluster, secret_key="s3cret", run_as_root=False):
+    return config.rendered_files(cluster, PROGRAMS, secret_key, run_as_root)
+
+
+def supervisord_sections(text):
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return parser
+
+
+def environment_of(program):
+    """supervisord's `environment=` value, KEY="value",..., as a dict."""
+    return dict(re.findall(r'(\w+)="([^"]*)"', program["environment"]))
+
+
+def test_settings_default_to_defaults_env(tmp_path):
+    """Tests that with an empty environment the ports, replica count and drain time are
+    the ones defaults.env gives, and replica N listens on CHAT_PORT + N - 1."""
+    settings = cluster(tmp_path)
+    chat_port = int(defaults()["CHAT_PORT"])
+    assert settings.lb_port == int(defaults()["LB_PORT"])
+    assert settings.redis_port == int(defaults()["REDIS_PORT"])
+    assert settings.prometheus_port == int(defaults()["PROMETHEUS_PORT"])
+    assert settings.drain_seconds == int(defaults()["CHAT_DRAIN_SECONDS"])
+    assert settings.replica_ports == {
+        f"chat-{n}": chat_port + n - 1 for n in range(1, int(defaults()["REPLICAS"]) + 1)
+    }
+
+
+def test_environment_overrides_defaults_and_empty_values_do_not(tmp_path):
+    settings = cluster(tmp_path, REPLICAS="2", LB_PORT="", **{"CHAT_PORT": "31001"})
+    assert settings.replica_ports == {"chat-1": 31001, "chat-2": 31002}
+    assert settings.lb_port == int(defaults()["LB_PORT"])
+
+
+def test_addresses_follow_the_ports(tmp_path):
+    settings = cluster(tmp_path, REPLICAS="2", **PORTS)
+    assert settings.lb_url == "http://127.0.0.1:31080"
+    assert settings.prometheus_url == "http://127.0.0.1:31090"
+    assert settings.redis_url == "redis://127.0.0.1:31380/0"
+    assert settings.probe_urls == {
+        "chat-1": f"http://127.0.0.1:31001{defaults()['READINESS_PATH']}",
+        "chat-2": f"http://127.0.0.1:31002{defaults()['READINESS_PATH']}",
+        "nginx": f"http://127.0.0.1:31080{defaults()['LB_HEALTH_PATH']}",
+        "prometheus": "http://127.0.0.1:31090/-/ready",
+    }
+    assert settings.program_ports == {
+        "chat-1": 31001,
+        "chat-2": 31002,
+        "nginx": 31080,
+        "redis": 31380,
+        "prometheus": 31090,
+    }
+    assert settings.log_dir == tmp_path / "run" / "logs"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LB_PORT", "eighty", "LB_PORT must be a whole number, not 'eighty'"),
+        ("REDIS_PORT", "70000", "REDIS_PORT must be between 1 and 65535, not 70000"),
+        ("REPLICAS", "0", "REPLICAS must be between 1 and 64, not 0"),
+        ("REPLICAS", "65", "REPLICAS must be between 1 and 64, not 65"),
+        ("CHAT_DRAIN_SECONDS", "-1", "CHAT_DRAIN_SECONDS must be between 0 and 65535, not -1"),
+    ],
+)
+def test_bad_settings_are_refused_with_their_name(tmp_path, name, value, message):
+    with pytest.raises(config.ClusterError, match=re.escape(message)):
+        cluster(tmp_path, **{name: value})
+
+
+def test_a_drain_of_zero_is_allowed(tmp_path):
+    assert cluster(tmp_path, CHAT_DRAIN_SECONDS="0").stop_wait_seconds == (
+        2 * config.DRAIN_CLEANUP_SECONDS
+    )
+
+
+def test_overlapping_ports_are_refused(tmp_path):
+    """Tests that a replica port landing on another program's port is an error."""
+    settings = cluster(tmp_path, **{**PORTS, "REPLICAS": "3", "LB_PORT": "31003"})
+    with pytest.raises(config.ClusterError, match="Ports overlap"):
+        settings.ports()
+    assert set(cluster(tmp_path, **PORTS).ports().values()) == {
+        31080,
+        31380,
+        31090,
+        31001,
+        31002,
+        31003,
+    }
+
+
+def test_rendering_writes_nothing(tmp_path):
+    """Tests that rendering every file leaves the run directory uncreated."""
+    files = render(cluster(tmp_path, **PORTS))
+    assert set(files) == {"supervisord.conf", "nginx.conf", "redis.conf", "prometheus.yml"}
+    assert not (tmp_path / "run").exists()
+
+
+def test_nginx_listens_on_lb_port_and_balances_over_every_replica(tmp_path):
+    settings = cluster(tmp_path, REPLICAS="3", **PORTS)
+    nginx = render(settings)["nginx.conf"]
+    assert nginx_listen_ports(nginx) == {31080}
+    servers = re.findall(r"^\s*server (\S+) max_fails=0;$", nginx, re.M)
+    assert servers == ["127.0.0.1:31001", "127.0.0.1:31002", "127.0.0.1:31003"]
+    assert f"pid {settings.run_dir}/nginx/nginx.pid;" in nginx
+    assert "user root;" not in nginx
+    assert "user root;" in render(settings, run_as_root=True)["nginx.conf"]
+
+
+def test_redis_and_prometheus_use_their_ports(tmp_path):
+    settings = cluster(tmp_path, REPLICAS="2", **PORTS)
+    files = render(settings)
+    assert re.search(r"^port 31380$", files["redis.conf"], re.M)
+    assert f"dir {settings.run_dir}/redis" in files["redis.conf"]
+    prometheus = files["prometheus.yml"]
+    assert '"127.0.0.1:31001", "127.0.0.1:31002"' in prometheus
+    assert '"127.0.0.1:31090"' in prometheus
+    assert f"metrics_path: {defaults()['METRICS_PATH']}" in prometheus
+
+
+def test_supervisord_runs_every_program_on_its_port(tmp_path):
+    settings = cluster(tmp_path, REPLICAS="2", **PORTS)
+    sections = supervisord_sections(render(settings)["supervisord.conf"])
+    assert sections["group:chat"]["programs"] == "chat-1,chat-2"
+    for name, port in (("chat-1", 31001), ("chat-2", 31002)):
+        program = sections[f"program:{name}"]
+        assert program["command"].startswith(f"{PROGRAMS.python} -m chatsite.serve ")
+        assert f"--bind 127.0.0.1 --port {port} " in program["command"]
+        assert program["stdout_logfile"] == f"{settings.log_dir}/{name}.log"
+    assert (
+        sections["program:redis"]["command"]
+        == f"{PROGRAMS.redis_server} {settings.run_dir}/redis.conf"
+    )
+    assert sections["program:nginx"]["command"].startswith(f"{PROGRAMS.nginx} ")
+    assert "--web.listen-address=127.0.0.1:31090" in sections["program:prometheus"]["command"]
+    assert sections["unix_http_server"]["file"] == str(settings.supervisor_socket)
+    assert sections["supervisord"]["pidfile"] == str(settings.pid_file)
+
+
+@pytest.mark.parametrize("drain", ["0", "10", "45"])
+def test_stopwaitsecs_outlasts_the_drain_and_its_cleanup(tmp_path, drain):
+    """Tests that supervisord waits CHAT_DRAIN_SECONDS plus twice the cleanup before it
+    kills a replica, and tells the replica the same drain time."""
+    settings = cluster(tmp_path, CHAT_DRAIN_SECONDS=drain, **PORTS)
+    program = supervisord_sections(render(settings)["supervisord.conf"])["program:chat-1"]
+    assert int(program["stopwaitsecs"]) == int(drain) + 2 * config.DRAIN_CLEANUP_SECONDS
+    assert environment_of(program)["CHAT_DRAIN_SECONDS"] == drain
+
+
+def test_replica_environment(tmp_path):
+    """Tests that each replica gets its name, the cluster's Redis and secret key, the
+    service settings that are set, and nothing else of the environment."""
+    settings = cluster(
+        tmp_path,
+        REPLICAS="2",
+        CHAT_CONSUMER="sync",
+        CHAT_LOG_LEVEL="",
+        CHAT_NOT_A_SETTING="x",
+        HOME="/root",
+        **PORTS,
+    )
+    sections = supervisord_sections(render(settings, secret_key="k3y")["supervisord.conf"])
+    for name in ("chat-1", "chat-2"):
+        assert environment_of(sections[f"program:{name}"]) == {
+            "CHAT_CONSUMER": "sync",
+            "CHAT_DRAIN_SECONDS": defaults()["CHAT_DRAIN_SECONDS"],
+            "CHAT_REPLICA_ID": name,
+            "DJANGO_SECRET_KEY": "k3y",
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "PYTHONUNBUFFERED": "1",
+            "REDIS_URLS": "redis://127.0.0.1:31380/0",
+        }
+    assert settings.consumer == "sync"
+    assert settings.channel_layer == "pubsub"
+
+
+def test_percent_signs_reach_the_replica_escaped_for_supervisord(tmp_path):
+    settings = cluster(tmp_path, DJANGO_ALLOWED_HOSTS="a%b", **PORTS)
+    program = supervisord_sections(render(settings)["supervisord.conf"])["program:chat-1"]
+    assert environment_of(program)["DJANGO_ALLOWED_HOSTS"] == "a%%b"
