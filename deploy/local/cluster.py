@@ -7,7 +7,7 @@
     cluster.py stop NAME   stop single programs (start NAME starts them again)
     cluster.py status      the processes and each replica's readiness
     cluster.py logs        the last lines of every log (--follow to keep reading)
-    cluster.py describe    the cluster's addresses as JSON, for tests
+    cluster.py describe    the cluster's addresses and PIDs as JSON, for tests
 
 Settings come from deploy/defaults.env, overridden by the environment. Every
 generated file goes to the run directory (default .run/local, git-ignored), so
@@ -109,6 +109,8 @@ def describe(config, supervisor):
                 "redis_url": config.redis_url,
                 "log_dir": str(config.log_dir),
                 "supervisor_pid": supervisor.pid(),
+                # The names `status` prints first; null for a stopped program.
+                "processes": supervisor.process_pids(),
             }
         )
     )
@@ -137,7 +139,7 @@ def parser():
     logs = commands.add_parser("logs", help="the last lines of every log")
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
-    commands.add_parser("describe", help="the cluster's addresses as JSON, for tests")
+    commands.add_parser("describe", help="the cluster's addresses and PIDs as JSON, for tests")
     return parser
 
 

@@ -120,6 +120,12 @@ class Supervisor:
     def processes(self):
         return self.rpc().getAllProcessInfo()
 
+    def process_pids(self):
+        """{name: PID, or None when stopped} of every supervised program; {} when not running."""
+        if self.pid() is None:
+            return {}
+        return {p["name"]: p["pid"] or None for p in self.processes()}
+
     def start(self):
         check_ports_free(self.config.ports())
         self.write_configuration()
