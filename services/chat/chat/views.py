@@ -3,6 +3,16 @@ from django.shortcuts import render
 
 from . import protocol
 
+# What the room page's script (static/chat/room.js) needs of the protocol, put in the
+# page as JSON (json_script), so that the script repeats none of it.
+PAGE_PROTOCOL = {
+    "SUBPROTOCOL": protocol.SUBPROTOCOL,
+    "CLOSE_SERVICE_RESTART": protocol.CLOSE_SERVICE_RESTART,
+    "CLOSE_INVALID_ROOM": protocol.CLOSE_INVALID_ROOM,
+    "GAP_TRIMMED": protocol.GAP_TRIMMED,
+    "GAP_RESET": protocol.GAP_RESET,
+}
+
 
 def index(request):
     return render(request, "chat/index.html")
@@ -15,5 +25,5 @@ def room(request, room_name):
     return render(
         request,
         "chat/room.html",
-        {"room_name": room_name, "replica": settings.CHAT_REPLICA_ID},
+        {"room_name": room_name, "replica": settings.CHAT_REPLICA_ID, "protocol": PAGE_PROTOCOL},
     )

@@ -80,6 +80,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -103,6 +104,14 @@ DATABASES = {}
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
+# Each replica serves the pages' scripts and style (chat/static/) with WhiteNoise,
+# the standard for Django in production; Django's own static serving
+# (ASGIStaticFilesHandler, runserver) is documented as not for production. As
+# Django middleware it runs under Daphne like any other. It finds the files where
+# the app keeps them, once at start-up, so that the local cluster (the source
+# tree), the image and the unit tests serve them with no collectstatic step. Names
+# are not hashed, so WhiteNoise sends a short cache lifetime (60 s), never a long one.
+WHITENOISE_USE_FINDERS = True
 
 LOGGING = {
     "version": 1,

@@ -3,11 +3,14 @@ import json
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from asgiref.testing import ApplicationCommunicator
 from channels.testing import HttpCommunicator, WebsocketCommunicator
 
+from chat import protocol
 from chatsite.asgi import application
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -34,6 +37,119 @@ def test_room_page_keeps_tutorial_ids(client):
     for element_id in ROOM_IDS:
         assert f'id="{element_id}"' in page
     assert '<script id="room-name" type="application/json">"lobby"</script>' in page
+
+
+class PageCode(HTMLParser):
+    """The scripts and styles of a page: what a Content-Security-Policy without
+    'unsafe-inline' would block, and the files it would have to allow."""
+
+    def __init__(self):
+        super().__init__()
+        self.sources, self.stylesheets, self.inline, self.handlers = [], [], [], []
+        self.open = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.handlers += [name for name in attrs if name.startswith("on")]
+        if "style" in attrs:
+            self.inline.append(f"style attribute on <{tag}>")
+        if tag == "link" and attrs.get("rel") == "stylesheet":
+            self.stylesheets.append(attrs["href"])
+        if tag == "script" and "src" in attrs:
+            self.sources.append(attrs["src"])
+        if tag == "style" or tag == "script" and attrs.get("type") != "application/json":
+            self.open = tag
+
+    def handle_data(self, data):
+        if self.open and data.strip():
+            self.inline.append(f"<{self.open}>{data.strip()[:40]}")
+
+    def handle_endtag(self, tag):
+        self.open = None
+
+
+def page_code(response):
+    parser = PageCode()
+    parser.feed(response.content.decode())
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("path", "scripts", "stylesheets"),
+    [
+        ("/chat/", ["/static/chat/index.js"], []),
+        ("/chat/lobby/", ["/static/chat/room.js"], ["/static/chat/room.css"]),
+        ("/chat/caf%C3%A9/", [], []),
+    ],
+    ids=["index", "room", "invalid-room"],
+)
+def test_pages_have_no_inline_script_or_style(client, path, scripts, stylesheets):
+    """Tests that the pages load their code from static files, with no inline script,
+    style or event handler attribute (JSON data blocks are not code)."""
+    code = page_code(client.get(path))
+    assert code.inline == []
+    assert code.handlers == []
+    assert code.sources == scripts
+    assert code.stylesheets == stylesheets
+
+
+def test_room_page_gives_its_script_the_protocol_constants(client):
+    """Tests that the room page's script reads the protocol's constants from the page,
+    from chat.protocol, and repeats none of them."""
+    page = client.get("/chat/lobby/").content.decode()
+    found = re.search(r'<script id="chat-protocol" type="application/json">(.*?)</script>', page)
+    assert json.loads(found.group(1)) == {
+        "SUBPROTOCOL": protocol.SUBPROTOCOL,
+        "CLOSE_SERVICE_RESTART": protocol.CLOSE_SERVICE_RESTART,
+        "CLOSE_INVALID_ROOM": protocol.CLOSE_INVALID_ROOM,
+        "GAP_TRIMMED": protocol.GAP_TRIMMED,
+        "GAP_RESET": protocol.GAP_RESET,
+    }
+    code = re.sub(r"//.*", "", (STATIC / "chat/room.js").read_text())
+    for literal in ("chat.v1", "1012", "4400", "'trimmed'", "'reset'"):
+        assert literal not in code
+
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+
+# WhiteNoise's middleware is synchronous: Django reads its file responses in a thread,
+# and warns so once per process. Fine for a few small files.
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        ("chat/room.js", "text/javascript"),
+        ("chat/index.js", "text/javascript"),
+        ("chat/room.css", "text/css"),
+    ],
+)
+async def test_static_files_are_served_by_the_replica(name, content_type):
+    """Tests that, with DEBUG off as in production, the whole ASGI application (Daphne's
+    view of a replica) serves the pages' static files, with a short cache lifetime."""
+    communicator = ApplicationCommunicator(
+        application,
+        {
+            "type": "http",
+            "method": "GET",
+            "path": f"/static/{name}",
+            "headers": [(b"host", b"127.0.0.1:8080")],
+        },
+    )
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output()
+    status = start["status"]
+    headers = {name.lower(): value for name, value in start["headers"]}
+    # A file is streamed: its last message may have no body (HttpCommunicator expects one).
+    body, more = b"", True
+    while more:
+        message = await communicator.receive_output()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    assert status == 200
+    assert headers[b"content-type"].decode().split(";")[0] == content_type
+    assert headers[b"cache-control"] == b"max-age=60, public"
+    assert headers[b"x-chat-replica"] == b"unit-test"
+    assert body == (STATIC / name).read_bytes()
 
 
 @pytest.mark.parametrize("room", ["caf%C3%A9", "x" * 81])

@@ -1,0 +1,237 @@
+// The room page's script (templates/chat/room.html), a file of its own so that a
+// Content-Security-Policy can allow it without 'unsafe-inline'.
+// Plain JavaScript, no asset from the internet. Everything a peer sends is
+// shown with .value or .textContent, never parsed as HTML.
+const roomName = JSON.parse(document.getElementById('room-name').textContent);
+// The subprotocol, close codes and gap kinds of chat.protocol, put in the page by
+// views.room: this file repeats none of them.
+const PROTOCOL = JSON.parse(document.getElementById('chat-protocol').textContent);
+const displayName = localStorage.getItem('chat-display-name')
+    || 'guest-' + Math.random().toString(16).slice(2, 6);
+localStorage.setItem('chat-display-name', displayName);
+document.querySelector('#display-name').textContent = displayName;
+
+const chatLog = document.querySelector('#chat-log');
+const errorLine = document.querySelector('#chat-error');
+const scheme = window.location.protocol === 'https:' ? 'wss://' : 'ws://';
+const socketBase = scheme + window.location.host + '/ws/chat/'
+    + encodeURIComponent(roomName) + '/?name=' + encodeURIComponent(displayName);
+// Reconnect with exponential backoff and full jitter, capped; a replica that
+// restarts (CLOSE_SERVICE_RESTART) is left at once, with a little jitter.
+const backoff = {initial: 500, max: 10000, attempt: 0, restartJitter: 500};
+const {CLOSE_SERVICE_RESTART, CLOSE_INVALID_ROOM} = PROTOCOL;
+let chatSocket = null;
+let joined = false;  // welcomed on the current socket
+let maxMessageBytes = 4096;  // until the welcome says
+
+// The last message shown, (epoch, id): a reconnect resumes after it. lastId
+// stays null until a first join, which then replays the room's newest messages.
+const position = {epoch: null, lastId: null};
+// Every (epoch, id) shown, so that a replay overlapping the log adds nothing;
+// the oldest are forgotten (a resume never replays what precedes position).
+const shown = new Set();
+const SHOWN_KEPT = 5000;
+
+// Messages sent but not acknowledged, by ref, in the order they were typed.
+// Each is sent again on every reconnect with the same ref: the server
+// acknowledges a ref it already published with its first id, without
+// publishing it twice.
+const outbox = new Map();
+const RETRY_MS = {unavailable: 1000, rate_limited: 1500};
+
+function setState(state, detail) {
+    const element = document.querySelector('#connection-state');
+    element.dataset.state = state;
+    element.textContent = detail ? state + ' (' + detail + ')' : state;
+}
+
+function notice(text) {
+    const time = new Date().toLocaleTimeString();
+    document.querySelector('#chat-notice').textContent = time + ' · ' + text;
+}
+
+function socketUrl() {
+    if (position.lastId === null) {
+        return socketBase;
+    }
+    let url = socketBase + '&last_id=' + position.lastId;
+    if (position.epoch) {
+        url += '&epoch=' + encodeURIComponent(position.epoch);
+    }
+    return url;
+}
+
+function showChat(data) {
+    if (Number.isInteger(data.id) && typeof data.epoch === 'string') {
+        const key = data.epoch + ':' + data.id;
+        if (shown.has(key)) {
+            return;
+        }
+        shown.add(key);
+        if (shown.size > SHOWN_KEPT) {
+            shown.delete(shown.values().next().value);
+        }
+        if (position.epoch !== null && data.epoch !== position.epoch) {
+            // Heard live: the server lost the room's history and began anew.
+            notice('Some messages may be missing: the server lost the room\'s recent history.');
+        }
+        if (data.epoch !== position.epoch || data.id > position.lastId) {
+            position.epoch = data.epoch;
+            position.lastId = data.id;
+        }
+    }
+    const who = data.name ? data.name + ': ' : '';
+    chatLog.value += who + data.message + '\n';
+    chatLog.scrollTop = chatLog.scrollHeight;
+}
+
+function showHistory(data) {
+    // Ids up to the room's last count as seen: the missed ones were replayed
+    // just before, a new joiner is shown only the newest.
+    if (data.epoch !== position.epoch || position.lastId === null) {
+        position.epoch = data.epoch;
+        position.lastId = data.last_id;
+    } else {
+        position.lastId = Math.max(position.lastId, data.last_id);
+    }
+    if (data.gap === PROTOCOL.GAP_TRIMMED) {
+        notice('Some older messages may be missing: the room\'s history does not go back that far.');
+    } else if (data.gap === PROTOCOL.GAP_RESET) {
+        notice('Some messages may be missing: the server lost the room\'s recent history.');
+    }
+}
+
+function showPending() {
+    const list = document.querySelector('#chat-pending');
+    list.replaceChildren(...Array.from(outbox.values(), function(entry) {
+        const item = document.createElement('li');
+        item.textContent = entry.message;
+        return item;
+    }));
+}
+
+function transmit(ref) {
+    const entry = outbox.get(ref);
+    if (!entry || !joined || chatSocket.readyState !== WebSocket.OPEN) {
+        return;  // sent on the next welcome
+    }
+    clearTimeout(entry.retry);
+    chatSocket.send(JSON.stringify({message: entry.message, ref: ref}));
+}
+
+function retryLater(ref, delay) {
+    const entry = outbox.get(ref);
+    if (entry) {
+        clearTimeout(entry.retry);
+        entry.retry = setTimeout(transmit, delay * (1 + Math.random()), ref);
+    }
+}
+
+function settle(data) {
+    const entry = outbox.get(data.ref);
+    if (!entry) {
+        return;
+    }
+    clearTimeout(entry.retry);
+    outbox.delete(data.ref);
+    showPending();
+    return entry;
+}
+
+function newRef() {
+    const bytes = crypto.getRandomValues(new Uint8Array(12));
+    return Array.from(bytes, function(b) { return b.toString(16).padStart(2, '0'); }).join('');
+}
+
+function connect() {
+    setState(chatSocket ? 'reconnecting' : 'connecting');
+    joined = false;
+    chatSocket = new WebSocket(socketUrl(), [PROTOCOL.SUBPROTOCOL]);
+
+    chatSocket.onmessage = function(e) {
+        const data = JSON.parse(e.data);
+        if (data.type === 'welcome') {
+            joined = true;
+            backoff.attempt = 0;
+            maxMessageBytes = data.max_message_bytes || maxMessageBytes;
+            setState('live');
+            errorLine.textContent = '';
+            document.querySelector('#socket-replica').textContent = data.replica;
+            // The server reads these after the replay it sends first.
+            outbox.forEach(function(entry, ref) { transmit(ref); });
+        } else if (data.type === 'chat') {
+            showChat(data);
+        } else if (data.type === 'history') {
+            showHistory(data);
+        } else if (data.type === 'ack') {
+            if (settle(data)) {
+                errorLine.textContent = '';
+            }
+        } else if (data.type === 'presence') {
+            const list = document.querySelector('#presence');
+            list.replaceChildren(...data.members.map(function(name) {
+                const item = document.createElement('li');
+                item.textContent = name;
+                return item;
+            }));
+        } else if (data.type === 'error') {
+            if (data.ref && Object.hasOwn(RETRY_MS, data.code)) {
+                // Not sent: kept, and sent again shortly.
+                errorLine.textContent = data.detail + ' Retrying…';
+                retryLater(data.ref, RETRY_MS[data.code]);
+            } else {
+                errorLine.textContent = data.detail;
+                const entry = data.ref ? settle(data) : null;
+                const input = document.querySelector('#chat-message-input');
+                if (entry && !input.value) {
+                    input.value = entry.message;  // refused for good: back to the box
+                }
+            }
+        }
+    };
+
+    chatSocket.onclose = function(e) {
+        const wasJoined = joined;
+        joined = false;
+        document.querySelector('#socket-replica').textContent = '…';
+        if (e.code === CLOSE_INVALID_ROOM) {  // retrying cannot help
+            setState('closed', 'invalid room name');
+            return;
+        }
+        let delay;
+        if (e.code === CLOSE_SERVICE_RESTART && wasJoined) {
+            // The replica is draining: others are up, resume on one of them now.
+            delay = Math.random() * backoff.restartJitter;
+        } else {
+            // Lost, or refused (1013: try again later): back off.
+            delay = Math.random() * Math.min(backoff.max, backoff.initial * 2 ** backoff.attempt);
+            backoff.attempt += 1;
+        }
+        setState('reconnecting', 'retry in ' + (delay / 1000).toFixed(1) + ' s');
+        setTimeout(connect, delay);
+    };
+}
+connect();
+
+document.querySelector('#chat-message-input').focus();
+document.querySelector('#chat-message-input').onkeyup = function(e) {
+    if (e.key === 'Enter') {  // enter, return
+        document.querySelector('#chat-message-submit').click();
+    }
+};
+
+document.querySelector('#chat-message-submit').onclick = function(e) {
+    const messageInputDom = document.querySelector('#chat-message-input');
+    const message = messageInputDom.value;
+    const ref = newRef();
+    const size = new TextEncoder().encode(JSON.stringify({message: message, ref: ref})).length;
+    if (size > maxMessageBytes) {
+        errorLine.textContent = 'Message too long: at most ' + maxMessageBytes + ' bytes. It was not sent.';
+        return;
+    }
+    // Kept until acknowledged; while reconnecting it waits for the next socket.
+    outbox.set(ref, {message: message, retry: null});
+    showPending();
+    messageInputDom.value = '';
+    transmit(ref);
+};
