@@ -95,9 +95,11 @@ system-deps: ## Install nginx and redis-server from Debian if they are missing (
 
 venv: $(VENV)/.installed ## Create the virtualenv with the pinned Python packages
 
-$(VENV)/.installed: requirements-dev.txt services/chat/requirements.txt loadtests/requirements.txt
+$(VENV)/.installed: requirements-dev.txt services/chat/requirements.txt loadtests/requirements.txt pyproject.toml
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+# This repository, editable (pyproject.toml): scripts import `harness` and `chat` without path edits.
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 scan-venv: $(SCAN_VENV)/.installed ## Create the virtualenv of the IaC scanner (checkov)

@@ -15,52 +15,27 @@ import tempfile
 import time
 from pathlib import Path
 
-from websockets.asyncio.client import connect
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from loadtests.compare import RESULTS_DIR, process_tree  # noqa: E402
-from tests.cluster import LocalCluster  # noqa: E402
+from harness.client import join
+from harness.cluster import LocalCluster
+from harness.processes import process_tree, total_rss_kb
+from harness.results import RESULTS_DIR, markdown_table, write_csv
 
 BATCH = 250  # connections opened at once
-
-
-def rss_kb(pids):
-    total = 0
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            continue
-        total += int(
-            next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]
-        )
-    return total
 
 
 def memory(cluster):
     pids = cluster.process_pids()
     chat = [pid for name, pid in pids.items() if name.startswith("chat-")]
     return {
-        "chat_kb": rss_kb(chat),
-        "nginx_kb": rss_kb(process_tree(pids["nginx"])),
-        "redis_kb": rss_kb([pids["redis"]]),
+        "chat_kb": total_rss_kb(chat),
+        "nginx_kb": total_rss_kb(process_tree(pids["nginx"])),
+        "redis_kb": total_rss_kb([pids["redis"]]),
     }
 
 
 async def open_connections(cluster, count, rooms, opened):
-    async def one(index):
-        socket = await connect(
-            cluster.ws_url(f"idle-{index % rooms}"),
-            origin=cluster.origin,
-            subprotocols=["chat.v1"],
-            open_timeout=60,
-            ping_interval=None,
-        )
-        welcome = json.loads(await socket.recv())
-        assert welcome["type"] == "welcome", welcome
-        return socket
+    def one(index):
+        return join(cluster, f"idle-{index % rooms}", open_timeout=60, ping_interval=None)
 
     start = len(opened)
     for first in range(start, start + count, BATCH):
@@ -86,11 +61,11 @@ async def measure(args):
             rows.append(row)
             print(json.dumps(row), flush=True)
         # Every connection is still alive: a message reaches one room's members.
-        await opened[-1].send(json.dumps({"message": "still here"}))
-        frame = json.loads(await asyncio.wait_for(opened[-1].recv(), 10))
+        await opened[-1].say("still here")
+        frame = await opened[-1].receive_chat(10)
         assert frame["message"] == "still here", frame
     finally:
-        await asyncio.gather(*(socket.close() for socket in opened), return_exceptions=True)
+        await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
         cluster.down()
     return rows, limit, hard
 
@@ -113,20 +88,19 @@ def main():
     rows, limit, hard = asyncio.run(measure(args))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0])
-    (args.out / "capacity.csv").write_text(
-        "\n".join([",".join(fields)] + [",".join(str(r[f]) for f in fields) for r in rows]) + "\n"
-    )
+    write_csv(args.out / "capacity.csv", rows)
     chat, nginx, redis = (per_connection(rows, k) for k in ("chat_kb", "nginx_kb", "redis_kb"))
     limited = (
         f"Limited to {limit} connections by the file descriptor limit ({hard})."
         if limit < args.connections
         else "No limit was reached."
     )
-    table = "\n".join(
-        f"| {r['connections']} | {r['chat_kb'] / 1024:.1f} | {r['nginx_kb'] / 1024:.1f} | "
-        f"{r['redis_kb'] / 1024:.1f} |"
-        for r in rows
+    table = markdown_table(
+        ["connections", "replicas MB", "nginx MB", "Redis MB"],
+        [
+            [r["connections"], *(f"{r[k] / 1024:.1f}" for k in ("chat_kb", "nginx_kb", "redis_kb"))]
+            for r in rows
+        ],
     )
     (args.out / "capacity.md").write_text(f"""# Capacity: idle connections against memory
 
@@ -140,8 +114,6 @@ a message still reached its room.
 **Per idle connection: {chat:.1f} KB in the Daphne replicas**, {nginx:.1f} KB in nginx,
 {redis:.1f} KB in Redis (its pub/sub subscriptions).
 
-| connections | replicas MB | nginx MB | Redis MB |
-|---|---|---|---|
 {table}
 """)
     print(f"KB per connection: replicas {chat:.1f}, nginx {nginx:.1f}, redis {redis:.1f}")

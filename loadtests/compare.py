@@ -25,15 +25,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from matplotlib.figure import Figure
 
-from tests.cluster import LocalCluster, free_port_block  # noqa: E402
+from harness.cluster import LocalCluster, free_port_block
+from harness.paths import ROOT
+from harness.processes import cpu_seconds, process_tree
+from harness.results import RESULTS_DIR, markdown_table, write_csv
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
-# Today's results: the benchmarks' reports go side by side here.
-RESULTS_DIR = ROOT / "loadtests" / "results" / f"{datetime.date.today()}"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FLOOR_SERVER = ROOT / "loadtests" / "floor_server.py"
 VARIANTS = {
     "async-pubsub": {"CHAT_CONSUMER": "async", "CHAT_CHANNEL_LAYER": "pubsub"},
     "sync-pubsub": {"CHAT_CONSUMER": "sync", "CHAT_CHANNEL_LAYER": "pubsub"},
@@ -63,34 +63,6 @@ class StepResult:
     nginx_cpu_s: float
     redis_cpu_s: float
     locust_cpu_percent: float
-
-
-def process_tree(pid):
-    """The PID and all its descendants, from /proc."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        tree.append(current)
-        pending.extend(children.get(current, []))
-    return tree
-
-
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLOCK_TICKS
 
 
 def steady_rate(history_path, skip):
@@ -125,7 +97,7 @@ class Target:
         if self.settings is None:
             port = free_port_block(1)
             self.floor = subprocess.Popen(
-                [sys.executable, ROOT / "loadtests" / "floor_server.py", "--port", str(port)],
+                [sys.executable, FLOOR_SERVER, "--port", str(port)],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -265,21 +237,10 @@ def read_csv(path):
         ]
 
 
-def write_csv(results, path):
-    fields = list(asdict(results[0]))
-    lines = [",".join(fields)]
-    lines += [",".join(str(asdict(result)[field]) for field in fields) for result in results]
-    path.write_text("\n".join(lines) + "\n")
-
-
 def plot(results, out_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     variants = list(dict.fromkeys(r.variant for r in results))
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5))
+    figure = Figure(figsize=(13, 5))
+    throughput, latency = figure.subplots(1, 2)
     for variant in variants:
         rows = [r for r in results if r.variant == variant]
         offered = [r.offered_deliveries_per_s for r in rows]
@@ -302,7 +263,8 @@ def plot(results, out_dir):
     figure.tight_layout()
     figure.savefig(out_dir / "throughput-latency.png", dpi=110)
 
-    figure, axes = plt.subplots(figsize=(7, 5))
+    figure = Figure(figsize=(7, 5))
+    axes = figure.subplots()
     for variant in variants:
         rows = [r for r in results if r.variant == variant]
         axes.plot(
@@ -335,20 +297,41 @@ def saturation(results, variant):
 
 
 def write_report(results, args, out_dir, command):
-    table = [
-        "| variant | users | offered deliveries/s | delivered/s | p50 ms | p95 ms | p99 ms "
-        "| delivered of sent × room | lost | errors | server CPU ms/delivery "
-        "| chat / nginx / redis CPU s | Locust CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        table.append(
-            f"| {r.variant} | {r.users} | {r.offered_deliveries_per_s:.0f} | "
-            f"{r.delivered_per_s:.0f} | {r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | "
-            f"{delivery_ratio(r, args.room_size):.0%} | "
-            f"{r.lost} | {r.errors} | {r.server_cpu_ms_per_delivery:.3f} | "
-            f"{r.chat_cpu_s} / {r.nginx_cpu_s} / {r.redis_cpu_s} | {r.locust_cpu_percent} |"
-        )
+    table = markdown_table(
+        [
+            "variant",
+            "users",
+            "offered deliveries/s",
+            "delivered/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "delivered of sent × room",
+            "lost",
+            "errors",
+            "server CPU ms/delivery",
+            "chat / nginx / redis CPU s",
+            "Locust CPU %",
+        ],
+        [
+            [
+                r.variant,
+                r.users,
+                f"{r.offered_deliveries_per_s:.0f}",
+                f"{r.delivered_per_s:.0f}",
+                f"{r.p50_ms:.0f}",
+                f"{r.p95_ms:.0f}",
+                f"{r.p99_ms:.0f}",
+                f"{delivery_ratio(r, args.room_size):.0%}",
+                r.lost,
+                r.errors,
+                f"{r.server_cpu_ms_per_delivery:.3f}",
+                f"{r.chat_cpu_s} / {r.nginx_cpu_s} / {r.redis_cpu_s}",
+                r.locust_cpu_percent,
+            ]
+            for r in results
+        ],
+    )
     peaks = {v: saturation(results, v) for v in dict.fromkeys(r.variant for r in results)}
     lines = [
         f"- **{v}**: {p.delivered_per_s:.0f} delivered/s at {p.users} users, p99 "
@@ -402,7 +385,7 @@ another, each step on a fresh cluster.
 
 ## Results
 
-{chr(10).join(table)}
+{table}
 
 Plots: `throughput-latency.png` (delivered/s and p99 latency against offered load) and
 `cpu-per-delivery.png`. Raw figures: `results.csv`; each step's Locust statistics are in
@@ -446,16 +429,15 @@ def main():
     results = []
     for name in args.variants.split(","):
         for users in map(int, args.users.split(",")):
-            # A fresh cluster per step: a replica that has served earlier steps is
-            # slower (channels_redis's pub/sub layer keeps the subscriptions of most
-            # closed connections; see the report), which would blur the comparison.
+            # A fresh cluster per step: a replica that has served earlier steps costs
+            # more CPU per delivery (results/2026-11-24/README.md), blurring the comparison.
             with Target(name, VARIANTS[name], args.replicas, args.out) as target:
                 step_dir = target.work_dir / str(users)
                 step_dir.mkdir(parents=True, exist_ok=True)
                 result = run_step(target, users, args, step_dir)
             print(json.dumps(asdict(result)), flush=True)
             results.append(result)
-            write_csv(results, args.out / "results.csv")
+            write_csv(args.out / "results.csv", [asdict(result) for result in results])
     plot(results, args.out)
     write_report(results, args, args.out, command.strip())
     print(f"report: {args.out / 'README.md'}")

@@ -17,14 +17,16 @@ from collections import defaultdict
 
 from websockets.asyncio.server import broadcast, serve
 
-ROOM_PATH = re.compile(r"^/ws/chat/([A-Za-z0-9_.-]{1,80})/$")
+from chat.protocol import CLOSE_INVALID_ROOM, ROOM_NAME_PATTERN, SUBPROTOCOL
+
+ROOM_PATH = re.compile(f"^/ws/chat/({ROOM_NAME_PATTERN})/$")
 rooms = defaultdict(set)
 
 
 async def chat(connection, drop_every):
     match = ROOM_PATH.match(connection.request.path)
     if not match:
-        await connection.close(4400, "invalid room name")
+        await connection.close(CLOSE_INVALID_ROOM, "invalid room name")
         return
     room = rooms[match.group(1)]
     room.add(connection)
@@ -53,7 +55,7 @@ async def main():
         lambda connection: chat(connection, args.drop_every),
         args.host,
         args.port,
-        subprotocols=["chat.v1"],
+        subprotocols=[SUBPROTOCOL],
         max_size=2**16,
     ) as server:
         print(f"floor server on ws://{args.host}:{args.port}", flush=True)

@@ -45,6 +45,9 @@ CHURN_INTERVAL = float(os.environ.get("LOCUST_CHURN_INTERVAL", "5"))
 ROOM_PREFIX = os.environ.get("LOCUST_ROOM_PREFIX", "load")
 # How long the bounded mode waits for the last deliveries.
 DRAIN_SECONDS = 10
+# chat.protocol.SUBPROTOCOL, mirrored: the Locust image holds only this file
+# (tests/test_protocol_mirror.py checks that the two agree).
+SUBPROTOCOL = "chat.v1"
 
 _user_numbers = itertools.count()
 
@@ -99,7 +102,7 @@ class ChatUser(User):
             self.socket = websocket.create_connection(
                 ws_url(self.host, self.room),
                 origin=self.host.rstrip("/"),
-                subprotocols=["chat.v1"],
+                subprotocols=[SUBPROTOCOL],
                 timeout=30,
                 enable_multithread=True,
             )

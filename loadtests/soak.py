@@ -5,10 +5,11 @@ replicas' memory over time. Writes soak.csv and soak.md beside the other benchma
 
     python loadtests/soak.py --minutes 30
 
-It starts a 3-replica cluster (tests.cluster.LocalCluster: free ports, a temporary run
-directory) and --clients independent WebSocket clients (the resuming clients of
-loadtests/faults.py) in rooms of --room-size, each sending --rate messages per second
-through nginx with a ref, for --minutes. Every --sample-seconds it reads the resident
+It starts a 3-replica cluster (harness.cluster.LocalCluster: free ports, a temporary run
+directory) and --clients independent WebSocket clients (harness.traffic's resuming
+clients, paced under the rate limit their welcome frame states) in rooms of
+--room-size, each sending --rate messages per second through nginx with a ref, for
+--minutes. Every --sample-seconds it reads the resident
 memory (VmRSS, /proc/<pid>/status) of every replica, of Redis and of this load
 generator, and chat_connections_open and chat_messages_delivered_total from each
 replica's /metrics. Then sending stops, the clients wait (at most --quiesce seconds)
@@ -19,7 +20,6 @@ The exit status is 1 if a message was lost, duplicated or left unanswered.
 
 import argparse
 import asyncio
-import csv
 import math
 import sys
 import tempfile
@@ -28,28 +28,14 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from loadtests.compare import RESULTS_DIR  # noqa: E402
-from loadtests.faults import Traffic  # noqa: E402
-from tests.cluster import LocalCluster  # noqa: E402
+from harness.cluster import LocalCluster
+from harness.processes import rss_kb
+from harness.results import RESULTS_DIR, markdown_table, write_csv
+from harness.traffic import Traffic
 
 METRICS = ("chat_connections_open", "chat_messages_delivered_total")
 FIELDS = ["elapsed_s", "phase", "process", "pid", "rss_kb", *METRICS]
 TIME_TABLE_ROWS = 30  # rows of the report's RSS-over-time table, at most
-
-
-def rss_kb(pid):
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None
 
 
 def replica_metrics(port):
@@ -175,13 +161,6 @@ def memory_summary(rows):
     return summary
 
 
-def write_csv(path, rows):
-    with path.open("w", newline="") as out:
-        writer = csv.DictWriter(out, FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def time_table(rows, processes):
     """Elapsed seconds against each process's RSS in MB, at most TIME_TABLE_ROWS rows."""
     times = list(dict.fromkeys(r["elapsed_s"] for r in rows))
@@ -191,14 +170,12 @@ def time_table(rows, processes):
     for row in rows:
         if row["elapsed_s"] in chosen:
             by_time.setdefault((row["elapsed_s"], row["phase"]), {})[row["process"]] = row
-    header = "| elapsed s | phase | " + " | ".join(f"{p} MB" for p in processes)
-    header += " | connections |\n|" + "---|" * (len(processes) + 3)
-    lines = [header]
+    lines = []
     for (elapsed, phase), found in by_time.items():
-        memory = " | ".join(
+        memory = [
             f"{found[p]['rss_kb'] / 1024:.1f}" if p in found and found[p]["rss_kb"] else "-"
             for p in processes
-        )
+        ]
         connections = "/".join(
             f"{found[p]['chat_connections_open']:.0f}"
             if p in found and found[p].get("chat_connections_open") is not None
@@ -206,18 +183,30 @@ def time_table(rows, processes):
             for p in processes
             if p.startswith("chat-")
         )
-        lines.append(f"| {elapsed:.0f} | {phase} | {memory} | {connections} |")
-    return "\n".join(lines)
+        lines.append([f"{elapsed:.0f}", phase, *memory, connections])
+    header = ["elapsed s", "phase", *(f"{p} MB" for p in processes), "connections"]
+    return markdown_table(header, lines)
 
 
 def report(args, command, started_at, elapsed, rows, figures, summary):
     replicas = [p for p in summary if p.startswith("chat-")]
     processes = [*replicas, *(p for p in ("redis", "loadgen") if p in summary)]
-    memory_rows = "\n".join(
-        f"| {name} | {', '.join(str(p) for p in s['pids'])} | {s['joined_mb']:.1f} | "
-        f"{s['start_mb']:.1f} | {s['end_mb']:.1f} | {s['max_mb']:.1f} | {s['growth_mb']:+.1f} | "
-        f"{s['late_slope_mb_per_h']:+.1f} |"
-        for name, s in summary.items()
+    memory = markdown_table(
+        ["process", "PIDs", "joined MB", "start MB", "end MB", "max MB", "growth MB"]
+        + ["late slope MB/h"],
+        [
+            [
+                name,
+                ", ".join(str(p) for p in s["pids"]),
+                f"{s['joined_mb']:.1f}",
+                f"{s['start_mb']:.1f}",
+                f"{s['end_mb']:.1f}",
+                f"{s['max_mb']:.1f}",
+                f"{s['growth_mb']:+.1f}",
+                f"{s['late_slope_mb_per_h']:+.1f}",
+            ]
+            for name, s in summary.items()
+        ],
     )
     growth = ", ".join(
         f"{name} {summary[name]['start_mb']:.1f} → {summary[name]['end_mb']:.1f} MB "
@@ -252,12 +241,12 @@ def report(args, command, started_at, elapsed, rows, figures, summary):
 
 A fresh local cluster ({args.replicas} Daphne replicas, async consumer, pub/sub layer, behind
 nginx, one Redis) on free ports. {figures["clients"]} independent asyncio WebSocket clients
-(`loadtests/faults.py`'s, which resume after any close) join {figures["rooms"]} rooms of up to
+(harness.traffic's, which resume after any close) join {figures["rooms"]} rooms of up to
 {args.room_size} through nginx; each sends {args.rate:g} message(s) per second with a unique
 ref, steadily, for {minutes}, so the cluster carries
 {figures["clients"] * args.rate:g} messages/s and about
 {figures["clients"] * args.rate * args.room_size:g} deliveries/s. Every {args.sample_seconds:g} s
-the run reads VmRSS from /proc/<pid>/status for each replica (PIDs from `cluster.py status`),
+the run reads VmRSS from /proc/<pid>/status for each replica (PIDs from `cluster.py describe`),
 Redis and the load generator, and `chat_connections_open` from each replica's /metrics.
 "start" is the first sample under traffic, "end" the last one; "late slope" is the
 least-squares slope over the second half of the traffic, which leaves out warm-up. After the
@@ -268,9 +257,7 @@ Redis' grows until each room's history holds its CHAT_HISTORY_MAX_LENGTH message
 
 ## Results
 
-| process | PIDs | joined MB | start MB | end MB | max MB | growth MB | late slope MB/h |
-|---|---|---|---|---|---|---|---|
-{memory_rows}
+{memory}
 
 RSS over time (connections per replica from /metrics):
 
@@ -316,7 +303,7 @@ def main(argv=None):
     summary = memory_summary(rows)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "soak.csv", rows)
+    write_csv(args.out / "soak.csv", rows, FIELDS)
     text = report(args, command, started_at, elapsed, rows, figures, summary)
     (args.out / "soak.md").write_text(text)
     print()

@@ -8,13 +8,12 @@ import secrets
 import subprocess
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.cluster import free_port_block
+from harness.cluster import free_port_block
+from harness.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import join, read_until_closed
+from chat.protocol import CLOSE_SERVICE_RESTART
+from harness.client import join, read_until_closed
 
 # Building the images on a fresh machine (debootstrap, apt, pip) takes minutes.
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
@@ -69,7 +70,7 @@ async def test_stopped_replica_drains_with_1012_and_its_client_resumes(stack):
         asyncio.to_thread(stack.docker, "stop", "--time", "30", container["ID"])
     )
     await read_until_closed(leaving)
-    assert leaving.socket.close_code == 1012
+    assert leaving.socket.close_code == CLOSE_SERVICE_RESTART
     await stopping
 
     await staying.socket.send(json.dumps({"message": "while you moved", "ref": "moved-1"}))

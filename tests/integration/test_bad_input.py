@@ -6,7 +6,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .conftest import join
+from chat.protocol import CLOSE_INVALID_ROOM
+from harness.client import join
 
 BAD_FRAMES = [
     ("not json {", "invalid_json"),
@@ -59,7 +60,7 @@ async def test_invalid_room_gets_error_frame_and_close_4400(cluster, room):
         assert error["code"] == "invalid_room"
         with pytest.raises(ConnectionClosed) as closed:
             await socket.recv()
-    assert closed.value.rcvd.code == 4400
+    assert closed.value.rcvd.code == CLOSE_INVALID_ROOM
 
 
 async def test_foreign_origin_is_refused(cluster):

@@ -19,7 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, WebSocketException
 from websockets.sync.client import connect as sync_connect
 
-from tests.cluster import ROOT
+from chat.protocol import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER, SUBPROTOCOL
+from harness.paths import ROOT
 
 from .conftest import start_cluster
 
@@ -282,17 +283,17 @@ class SocketSwitch:
 
     def cut_off(self):
         self.cut = True
-        self.current.close(code=1012, reason="cut off by the test")
+        self.current.close(code=CLOSE_SERVICE_RESTART, reason="cut off by the test")
 
     def restore(self):
         self.cut = False
-        self.current.close(code=1013, reason="back")
+        self.current.close(code=CLOSE_TRY_AGAIN_LATER, reason="back")
 
 
 def say_many(cluster, room, messages):
     """Sends messages as "Bot" from a client of its own; returns when all are stored."""
     with sync_connect(
-        cluster.ws_url(room) + "?name=Bot", origin=cluster.origin, subprotocols=["chat.v1"]
+        cluster.ws_url(room) + "?name=Bot", origin=cluster.origin, subprotocols=[SUBPROTOCOL]
     ) as socket:
         for message in messages:
             socket.send(json.dumps({"message": message, "ref": secrets.token_hex(8)}))
@@ -377,7 +378,7 @@ class Sender:
         while not self.done():
             try:
                 async with connect(
-                    self.url, origin=self.origin, subprotocols=["chat.v1"], open_timeout=5
+                    self.url, origin=self.origin, subprotocols=[SUBPROTOCOL], open_timeout=5
                 ) as socket:
                     self.connections += 1
                     reader = asyncio.create_task(self.read(socket))
@@ -498,7 +499,11 @@ def test_a_page_keeps_a_complete_log_through_faults_without_reloading(browser, f
         ada.expect_in_log("Ada: ada-3 sent during the rolling restart\n")
         # Closed with 1012 by a draining replica, the page was back within the jitter.
         sockets = ada.sockets()
-        restarts = [n for n, s in enumerate(sockets) if n >= live_socket and s["code"] == 1012]
+        restarts = [
+            n
+            for n, s in enumerate(sockets)
+            if n >= live_socket and s["code"] == CLOSE_SERVICE_RESTART
+        ]
         assert restarts, f"no 1012 seen: {sockets}\n{rolled.stdout}"
         for n in restarts:
             assert sockets[n + 1]["openedAt"] - sockets[n]["closedAt"] < 1000, sockets
@@ -574,7 +579,7 @@ def test_the_outbox_sends_until_acknowledged_and_never_twice(browser, browser_cl
     ada.expect_in_log("Ada: ack lost\n")
     expect(pending).to_have_text(["ack lost"])
     switch.drop_acks = False
-    switch.current.close(code=1012, reason="restart")
+    switch.current.close(code=CLOSE_SERVICE_RESTART, reason="restart")
     expect(pending).to_have_count(0)
     refs = [frame["ref"] for frame in switch.sent if frame["message"] == "ack lost"]
     assert refs == [refs[0], refs[0]], "not sent again with its ref on reconnecting"

@@ -2,7 +2,9 @@
 
 import pytest
 
-from .conftest import join, start_cluster
+from harness.client import join
+
+from .conftest import start_cluster
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import asyncio
 import subprocess
 import uuid
 
-from .conftest import join
+from harness.client import join
 
 
 def unique(text):

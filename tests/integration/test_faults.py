@@ -1,13 +1,14 @@
 """Faults under steady traffic, on a cluster of their own (drain 2 s): a replica
 SIGKILLed, Redis restarted without its data, a rolling restart. Each runs through
-loadtests/faults.py (which `make chaos` runs larger) with 12 independent clients in 3
-rooms sending 5 messages/s each; the assertion messages carry the figures."""
+harness.faults (which `make chaos` runs larger) with 12 independent clients in 3 rooms
+sending 5 messages/s each; the assertion messages carry the figures."""
 
 import pytest
 
-from loadtests import faults
+from harness.faults import scenarios
+from harness.faults.report import details, table
 
-OPTIONS = faults.Options(
+OPTIONS = scenarios.Options(
     clients=12, rooms=3, rate=5, seconds=8, warmup=3, settle=2, quiesce=15, drain_seconds=2
 )
 
@@ -15,18 +16,18 @@ OPTIONS = faults.Options(
 @pytest.fixture(scope="module")
 def fault_cluster(tmp_path_factory):
     """A 3-replica cluster that these tests may break: not the session's `cluster`."""
-    cluster = faults.start_cluster(OPTIONS, tmp_path_factory.mktemp("faults"))
+    cluster = scenarios.start_cluster(OPTIONS, tmp_path_factory.mktemp("faults"))
     yield cluster
     leftovers = cluster.down()
     assert not leftovers, f"processes left running after down: {leftovers}"
 
 
 def report(result):
-    return f"\n{faults.table([result])}\n{faults.details(result)}"
+    return f"\n{table([result])}\n{details(result)}"
 
 
 async def run_scenario(cluster, scenario):
-    result = await faults.run_scenario(cluster, scenario, OPTIONS)
+    result = await scenarios.run_scenario(cluster, scenario, OPTIONS)
     print(report(result))
     return result
 

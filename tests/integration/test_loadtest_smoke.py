@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.cluster import ROOT, free_port_block
+from harness.cluster import free_port_block
+from harness.paths import ROOT
 
 USERS, ROOM_SIZE, MESSAGES = 30, 5, 10
 

@@ -2,7 +2,8 @@
 
 import socket
 
-from tests.cluster import LocalCluster, pid_alive, port_is_free
+from harness.cluster import LocalCluster, port_is_free
+from harness.processes import pid_alive
 
 
 def test_up_is_idempotent_and_down_stops_every_process(tmp_path):

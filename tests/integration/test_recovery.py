@@ -13,7 +13,18 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.conftest import join, read_until_closed, start_cluster
+from chat.protocol import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN_LATER,
+    GAP_NONE,
+    GAP_RESET,
+    GAP_TRIMMED,
+    SUBPROTOCOL,
+)
+from harness.client import join, read_until_closed
+
+from .conftest import start_cluster
 
 LIMITS = {
     "CHAT_HISTORY_MAX_LENGTH": "5",
@@ -72,7 +83,7 @@ async def test_resume_gets_exactly_the_missed_messages(cluster):
         "epoch": epoch,
         "last_id": seen + 3,
         "replayed": 3,
-        "gap": "none",
+        "gap": GAP_NONE,
     }
     await send_acked(sender, ["live"])
     assert (await resumed.receive_chat())["message"] == "live"
@@ -109,9 +120,9 @@ async def test_resume_past_the_history_reports_the_gap(limits_cluster):
     epoch = acks[0]["epoch"]
     resumed = await join(limits_cluster, room, replica=2, query=f"?last_id=1&epoch={epoch}")
     assert [frame["id"] for frame in resumed.replayed] == [4, 5, 6, 7, 8]  # the last 5 kept
-    assert resumed.history["gap"] == "trimmed"
+    assert resumed.history["gap"] == GAP_TRIMMED
     lost = await join(limits_cluster, room, replica=2, query="?last_id=3&epoch=gone")
-    assert lost.history["gap"] == "reset"
+    assert lost.history["gap"] == GAP_RESET
     for client in (sender, resumed, lost):
         await client.close()
 
@@ -134,7 +145,7 @@ async def test_oversized_frame_closes_with_1009(limits_cluster):
     bystander = await join(limits_cluster, "huge", replica=1)
     await client.socket.send(json.dumps({"message": "x" * 20000}))
     await read_until_closed(client)
-    assert client.socket.close_code == 1009
+    assert client.socket.close_code == CLOSE_MESSAGE_TOO_BIG
     await send_acked(bystander, ["still fine"])
     await bystander.close()
 
@@ -143,12 +154,12 @@ async def test_connection_cap_refuses_with_server_full(limits_cluster):
     """Tests that a replica at CHAT_MAX_CONNECTIONS says so and closes with 1013."""
     clients = [await join(limits_cluster, "full", replica=2) for _ in range(6)]
     socket = await connect(
-        limits_cluster.ws_url("full", 2), origin=limits_cluster.origin, subprotocols=["chat.v1"]
+        limits_cluster.ws_url("full", 2), origin=limits_cluster.origin, subprotocols=[SUBPROTOCOL]
     )
     assert json.loads(await socket.recv())["code"] == "server_full"
     with pytest.raises(ConnectionClosed):
         await socket.recv()
-    assert socket.close_code == 1013
+    assert socket.close_code == CLOSE_TRY_AGAIN_LATER
     for client in clients:
         await client.close()
 
@@ -179,7 +190,7 @@ async def test_sigterm_drains_with_1012_and_clients_resume_elsewhere(limits_clus
         return time.monotonic() - started, client.socket.close_code
 
     closes = await asyncio.wait_for(asyncio.gather(*map(closed_at, leaving)), 10)
-    assert [code for _, code in closes] == [1012] * 4
+    assert [code for _, code in closes] == [CLOSE_SERVICE_RESTART] * 4
     spread = max(at for at, _ in closes) - min(at for at, _ in closes)
     assert 0.8 < spread < 2.5, closes  # 4 closes over 2 s: 0.5 s apart
     assert readiness(limits_cluster, 1) == (None, None)  # no longer listening

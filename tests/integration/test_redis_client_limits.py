@@ -5,7 +5,9 @@ import asyncio
 
 import pytest
 
-from .conftest import join, start_cluster
+from harness.client import join
+
+from .conftest import start_cluster
 
 
 @pytest.fixture(scope="module", params=["pubsub", "core"])

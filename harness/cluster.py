@@ -1,0 +1,121 @@
+"""A local cluster on free ports in its own run directory, driven through
+deploy/local/cluster.py as a user would: the tests' fixture and the benchmarks use it."""
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import ROOT
+from .processes import pid_alive
+
+CLUSTER_SCRIPT = ROOT / "deploy" / "local" / "cluster.py"
+HOST = "127.0.0.1"
+
+
+def free_port_block(count):
+    """A run of `count` consecutive free ports, so replicas can use CHAT_PORT + N - 1."""
+    for _ in range(200):
+        base = random.randrange(20000, 45000)
+        if all(port_is_free(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def port_is_free(port):
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class LocalCluster:
+    run_dir: Path
+    replicas: int
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        base = free_port_block(self.replicas + 3)
+        self.lb_port, self.redis_port, self.prometheus_port = base, base + 1, base + 2
+        self.chat_port = base + 3
+        # The service's own settings come only from `settings`, never from the
+        # shell or from the unit tests' settings module in this process.
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("CHAT_", "DJANGO_", "REDIS_"))
+        }
+        self.environment = {
+            **inherited,
+            "REPLICAS": str(self.replicas),
+            "LB_PORT": str(self.lb_port),
+            "REDIS_PORT": str(self.redis_port),
+            "CHAT_PORT": str(self.chat_port),
+            "PROMETHEUS_PORT": str(self.prometheus_port),
+            **self.settings,
+        }
+
+    def run(self, *arguments, check=True):
+        return subprocess.run(
+            [sys.executable, str(CLUSTER_SCRIPT), "--run-dir", str(self.run_dir), *arguments],
+            env=self.environment,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+    def up(self):
+        result = self.run("up", check=False)
+        if result.returncode != 0:
+            self.run("down", check=False)  # whatever did start
+            raise AssertionError(result.stdout + result.stderr)
+        return result
+
+    def down(self):
+        """Stops the cluster; returns the PIDs of its processes still alive after."""
+        description = self.describe()
+        pids = [description["supervisor_pid"], *running(description).values()]
+        self.run("down")
+        return [pid for pid in pids if pid and pid_alive(pid)]
+
+    def describe(self):
+        return json.loads(self.run("describe").stdout)
+
+    def process_pids(self):
+        """PIDs of the supervised processes that run, by the names `status` shows."""
+        return running(self.describe())
+
+    @property
+    def lb_url(self):
+        return f"http://{HOST}:{self.lb_port}"
+
+    @property
+    def origin(self):
+        return self.lb_url
+
+    def replica_port(self, number):
+        return self.chat_port + number - 1
+
+    def replica_names(self):
+        return [f"chat-{number}" for number in range(1, self.replicas + 1)]
+
+    def ws_url(self, room, replica=None):
+        port = self.lb_port if replica is None else self.replica_port(replica)
+        return f"ws://{HOST}:{port}/ws/chat/{room}/"
+
+    def log(self, name):
+        return (self.run_dir / "logs" / f"{name}.log").read_text(errors="replace")
+
+
+def running(description):
+    """Name -> PID of the processes `describe` reports running (a stopped one has None)."""
+    return {name: pid for name, pid in description["processes"].items() if pid}

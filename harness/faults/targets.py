@@ -1,0 +1,50 @@
+"""What a fault drill must show: per scenario, the targets its figures meet or miss."""
+
+from chat.protocol import CLOSE_SERVICE_RESTART
+
+
+def fault_took_effect(scenario, figures):
+    """Whether the fault happened as meant, so that a quiet run cannot pass for a good one."""
+    restarted = figures["fault"].get("restarted", {})
+    replaced = bool(restarted) and all(old != new and new for old, new in restarted.values())
+    if scenario == "kill":
+        return replaced and figures["reconnects"] >= 1
+    if scenario == "redis":
+        return replaced and figures["epochs_per_room_min"] >= 2
+    return replaced and figures["connection_losses_min"] >= 1
+
+
+def targets(scenario, figures, recovery_limit):
+    """Target -> met, for one scenario's figures."""
+    answered = figures["unanswered"] == 0
+    sound = {
+        "no client failed (client_crashes)": not figures["client_crashes"],
+        "the fault took effect": fault_took_effect(scenario, figures),
+    }
+    if scenario == "redis":
+        limit = recovery_limit
+        return {
+            "every acknowledged message delivered to its room (lost == 0)": figures["lost"] == 0,
+            "everything else refused with an error (unanswered == 0)": answered,
+            "refused messages not delivered": figures["refused_delivered"] == 0,
+            "duplicated == 0": figures["duplicated"] == 0,
+            f"delivery recovery <= {limit:g} s": figures["recovery_s"] <= limit,
+            f"ack recovery <= {limit:g} s": figures["ack_recovery_s"] <= limit,
+            "every client resumed after losing its connection": not figures["unresumed"],
+            **sound,
+        }
+    checks = {
+        "lost == 0": figures["lost"] == 0,
+        "duplicated == 0": figures["duplicated"] == 0,
+        "republished == 0": figures["republished"] == 0,
+        "every message answered (unanswered == 0)": answered,
+        "every client resumed after losing its connection": not figures["unresumed"],
+        "every client recovered": figures["recovery_s"] < float("inf"),
+        **sound,
+    }
+    if scenario == "rolling":
+        closes = figures["closes"]
+        checks[f"every close during the drain is {CLOSE_SERVICE_RESTART}"] = bool(closes) and set(
+            closes
+        ) == {str(CLOSE_SERVICE_RESTART)}
+    return checks
