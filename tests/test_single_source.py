@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from chat import operations
+from chat import probes
 
 from .deploy import (
     ROOT,
@@ -32,10 +32,10 @@ def port(name):
 
 
 def test_probe_paths_are_the_ones_the_service_serves():
-    """Tests that defaults.env names the paths that chat.operations answers."""
-    assert defaults()["LIVENESS_PATH"] == operations.LIVENESS_PATH
-    assert defaults()["READINESS_PATH"] == operations.READINESS_PATH
-    assert defaults()["METRICS_PATH"] == operations.METRICS_PATH
+    """Tests that defaults.env names the paths that chat.probes answers."""
+    assert defaults()["LIVENESS_PATH"] == probes.LIVENESS_PATH
+    assert defaults()["READINESS_PATH"] == probes.READINESS_PATH
+    assert defaults()["METRICS_PATH"] == probes.METRICS_PATH
     assert f"location = {defaults()['LB_HEALTH_PATH']} {{" in LOCATIONS
 
 

@@ -5,7 +5,6 @@ _total). The replica, consumer kind and channel layer are labels of one info
 metric rather than of every series; Prometheus adds `instance` to each.
 """
 
-from django.conf import settings
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 NAMESPACE = "chat"
@@ -30,13 +29,6 @@ LATENCY_BUCKETS = (
 )
 
 replica_info = Info(NAMESPACE, "The replica, its consumer kind and channel layer.")
-replica_info.info(
-    {
-        "replica": settings.CHAT_REPLICA_ID,
-        "consumer": settings.CHAT_CONSUMER,
-        "channel_layer": settings.CHAT_CHANNEL_LAYER,
-    }
-)
 
 draining = Gauge(
     "draining", "1 while the replica drains its connections before exiting.", namespace=NAMESPACE
@@ -90,3 +82,7 @@ delivery_latency = Histogram(
     namespace=NAMESPACE,
     buckets=LATENCY_BUCKETS,
 )
+
+
+def describe_replica(replica, consumer, channel_layer):
+    replica_info.info({"replica": replica, "consumer": consumer, "channel_layer": channel_layer})

@@ -6,12 +6,11 @@ import asyncio
 import json
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from prometheus_client import make_asgi_app
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import lifecycle
+from .replica import current
 
 # A readiness probe must answer well within the prober's own timeout.
 REDIS_PING_TIMEOUT = 1.0
@@ -21,28 +20,26 @@ READINESS_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
 
-class OperationalEndpoints:
+class ProbeEndpoints:
     """ASGI middleware: /healthz, /readyz and /metrics here, everything else to Django;
     the replica header on every response."""
 
     def __init__(self, application):
         self.application = application
         self.metrics_app = make_asgi_app()
-        self.replica_header = (b"x-chat-replica", settings.CHAT_REPLICA_ID.encode())
+        self.replica = current()
+        self.replica_header = (b"x-chat-replica", self.replica.name.encode())
 
     async def __call__(self, scope, receive, send):
         path = scope["path"]
         if path == LIVENESS_PATH:
-            await self.respond(send, 200, {"status": "ok", "replica": settings.CHAT_REPLICA_ID})
+            await self.respond(send, 200, {"status": "ok", "replica": self.replica.name})
         elif path == READINESS_PATH:
-            redis = await redis_states()
-            ready = all(state == "ok" for state in redis.values()) and not lifecycle.draining
-            status = "draining" if lifecycle.draining else "ok" if ready else "unavailable"
-            body = {
-                "status": status,
-                "replica": settings.CHAT_REPLICA_ID,
-                "redis": redis,
-            }
+            draining = self.replica.draining
+            redis = await redis_states(self.replica.redis_urls)
+            ready = all(state == "ok" for state in redis.values()) and not draining
+            status = "draining" if draining else "ok" if ready else "unavailable"
+            body = {"status": status, "replica": self.replica.name, "redis": redis}
             await self.respond(send, 200 if ready else 503, body)
         elif path == METRICS_PATH:
             await self.metrics_app(scope, receive, self.with_replica_header(send))
@@ -63,14 +60,12 @@ class OperationalEndpoints:
         return send_with_header
 
 
-async def redis_states():
-    """Each Redis of the channel layer, by host:port, and whether it answers a PING."""
-    if settings.CHAT_CHANNEL_LAYER == "memory":
+async def redis_states(urls):
+    """Each Redis of the replica, by host:port, and whether it answers a PING."""
+    if not urls:
         return {"memory": "ok"}
-    results = await asyncio.gather(*(ping(url) for url in settings.REDIS_URLS))
-    return {
-        redis_address(url): result for url, result in zip(settings.REDIS_URLS, results, strict=True)
-    }
+    results = await asyncio.gather(*(ping(url) for url in urls))
+    return {redis_address(url): result for url, result in zip(urls, results, strict=True)}
 
 
 def redis_address(url):

@@ -146,28 +146,42 @@ def resume_position(query_string):
     return epoch, int(last_id)
 
 
-def ack_frame(ref, published):
+def chat_frame_parts(message, name, replica):
+    """A chat frame in three parts around its id and epoch, which the history assigns
+    when it stores the message: frame = head + id + middle + epoch + tail."""
+    body = json.dumps({"message": message, "name": name, "sent_via": replica})
+    return '{"type":"chat","id":', ',"epoch":"', '",' + body[1:]
+
+
+def chat_frame(message_id, epoch, message, name, replica):
+    head, middle, tail = chat_frame_parts(message, name, replica)
+    return f"{head}{message_id}{middle}{epoch}{tail}"
+
+
+def ack_frame(ref, message_id, epoch, duplicate):
     return json.dumps(
-        {
-            "type": "ack",
-            "ref": ref,
-            "id": published.id,
-            "epoch": published.epoch,
-            "duplicate": published.duplicate,
-        }
+        {"type": "ack", "ref": ref, "id": message_id, "epoch": epoch, "duplicate": duplicate}
     )
 
 
-def history_frame(replay, replayed):
+def history_frame(epoch, last_id, replayed, gap):
     return json.dumps(
-        {
-            "type": "history",
-            "epoch": replay.epoch,
-            "last_id": replay.last_id,
-            "replayed": replayed,
-            "gap": replay.gap,
-        }
+        {"type": "history", "epoch": epoch, "last_id": last_id, "replayed": replayed, "gap": gap}
     )
+
+
+# Group events: what the channel layer carries to every consumer of a room. A chat
+# event is also written by the publish script (history), field for field.
+
+
+def chat_event(frame, message_id, epoch, sent_at):
+    return {
+        "type": "chat.message",
+        "frame": frame,
+        "id": message_id,
+        "epoch": epoch,
+        "sent_at": sent_at,
+    }
 
 
 def presence_event(members):

@@ -11,13 +11,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # is populated before importing code that may import ORM models.
 django_asgi_app = get_asgi_application()
 
-from chat.operations import OperationalEndpoints  # noqa: E402
+from chat.probes import ProbeEndpoints  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Probes and metrics first: they are addressed by IP, not an allowed host.
-        "http": OperationalEndpoints(django_asgi_app),
+        "http": ProbeEndpoints(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

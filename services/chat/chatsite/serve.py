@@ -27,7 +27,8 @@ from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from twisted.internet import reactor
 
-from chat import lifecycle, protocol
+from chat import protocol
+from chat.replica import current
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -93,14 +94,10 @@ class DrainingServer(Server):
         ]
 
     def drain(self, signal_name):
-        if lifecycle.draining or signal_name == "SIGINT":
+        if signal_name == "SIGINT" or not current().start_draining():
             logger.warning("%s: stopping now", signal_name)
             self.stop()
             return
-        from chat import metrics  # reads settings: after the application is loaded
-
-        lifecycle.draining = True
-        metrics.draining.set(1)
         for port in self.ports:
             port.stopListening()
         sockets = self.open_websockets()

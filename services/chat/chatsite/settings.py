@@ -181,7 +181,8 @@ REDIS_HOSTS = [{"address": url, **REDIS_CONNECTION_OPTIONS} for url in REDIS_URL
 if CHAT_CHANNEL_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # channels_redis' RedisPubSubChannelLayer, with what the chat adds to it.
+            "BACKEND": "chat.channel_layer.ChatChannelLayer",
             "CONFIG": {"hosts": REDIS_HOSTS},
         }
     }

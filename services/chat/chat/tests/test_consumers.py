@@ -1,13 +1,17 @@
 import json
 
 import pytest
+from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.apps import apps
 from django.urls import re_path
 
-from chat import history, lifecycle, presence, protocol
-from chat.consumers import ChatConsumer, SyncChatConsumer
+from chat import protocol
+from chat.consumers import ChatConsumer
+from chat.replica import Replica
 from chat.routing import ROOM_PATH
+from chat.sync_consumers import SyncChatConsumer
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -15,13 +19,19 @@ CONSUMERS = [ChatConsumer, SyncChatConsumer]
 CONTROL_FRAMES = {"presence", "history"}
 
 
+def fresh_replica():
+    """A new replica, built from the settings as they are now: empty rooms, no
+    history, presence or connections."""
+    replica = Replica.from_settings(get_channel_layer())
+    apps.get_app_config("chat").replica = replica
+    return replica
+
+
 @pytest.fixture(autouse=True)
-def fresh_state():
-    """Each test starts with empty rooms: no history, presence or live connections."""
-    history._history = presence._presence = None
-    lifecycle.live_consumers.clear()
-    yield
-    history._history = presence._presence = None
+def replica():
+    original = apps.get_app_config("chat").replica
+    yield fresh_replica()
+    apps.get_app_config("chat").replica = original
 
 
 @pytest.fixture(params=CONSUMERS, ids=["async", "sync"])
@@ -229,6 +239,7 @@ async def say_all(communicator, messages):
 async def test_ids_count_up_and_a_new_joiner_gets_the_newest(settings):
     """Tests that ids count from 1 and a joiner is replayed the newest CHAT_HISTORY_ON_JOIN."""
     settings.CHAT_HISTORY_ON_JOIN = 3
+    fresh_replica()
     sender = await join(ASYNC, query="?name=Ada")
     await replayed(sender)
     await say_all(sender, [f"m{number}" for number in range(1, 6)])
@@ -258,7 +269,7 @@ async def room_with(messages):
     sender = await join(ASYNC)
     await replayed(sender)
     await say_all(sender, messages)
-    return sender, (await history.get_history().replay("lobby", "chat_lobby")).epoch
+    return sender, (await apps.get_app_config("chat").replica.history.replay("lobby")).epoch
 
 
 async def test_resume_replays_exactly_the_missed_messages_in_order():
@@ -279,6 +290,7 @@ async def test_resume_replays_exactly_the_missed_messages_in_order():
 async def test_resume_past_the_history_reports_a_trimmed_gap(settings):
     """Tests that missed messages the history no longer has are reported, not hidden."""
     settings.CHAT_HISTORY_MAX_LENGTH = 2
+    fresh_replica()
     sender, epoch = await room_with(["a", "b", "c", "d"])
 
     resumed = await join(ASYNC, query=f"?last_id=1&epoch={epoch}")
@@ -354,6 +366,7 @@ async def test_rate_limit_refuses_the_excess_with_its_ref(settings):
 
 async def test_connection_cap_refuses_with_server_full(settings):
     settings.CHAT_MAX_CONNECTIONS = 1
+    fresh_replica()
     first = await join(ASYNC)
     refused = WebsocketCommunicator(ASYNC, "/ws/chat/lobby/", subprotocols=["chat.v1"])
     assert (await refused.connect())[0]
@@ -363,25 +376,25 @@ async def test_connection_cap_refuses_with_server_full(settings):
     await first.disconnect()
 
 
-async def test_draining_replica_refuses_with_service_restart(monkeypatch):
-    monkeypatch.setattr(lifecycle, "draining", True)
+async def test_draining_replica_refuses_with_service_restart(replica):
+    replica.start_draining()
     refused = WebsocketCommunicator(ASYNC, "/ws/chat/lobby/", subprotocols=["chat.v1"])
     assert (await refused.connect())[0]
     closed = await refused.receive_output()
     assert closed == {"type": "websocket.close", "code": protocol.CLOSE_SERVICE_RESTART}
 
 
-async def test_live_gap_is_filled_from_the_history():
+async def test_live_gap_is_filled_from_the_history(replica):
     """Tests that a live message whose predecessors never arrived brings them first."""
     listener = await join(ASYNC)
     await replayed(listener)
-    store = history.get_history()
+    store = replica.history
     # Stored without being published: what a replica cut off from Redis misses.
     group_send = store.channel_layer.group_send
     store.channel_layer.group_send = lambda *args: _nothing()
-    await store.publish("lobby", "chat_lobby", "missed", "x", "elsewhere")
+    await store.publish("lobby", "missed", "x", "elsewhere")
     store.channel_layer.group_send = group_send
-    await store.publish("lobby", "chat_lobby", "live", "x", "elsewhere")
+    await store.publish("lobby", "live", "x", "elsewhere")
     assert [(await receive(listener))["message"] for _ in range(2)] == ["missed", "live"]
     await listener.disconnect()
 

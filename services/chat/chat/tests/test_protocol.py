@@ -3,6 +3,7 @@ import json
 import pytest
 
 from chat import protocol
+from chat.limits import TokenBucket
 
 
 def test_room_group_name_accepts_channels_safe_names():
@@ -64,11 +65,11 @@ def test_size_limit_counts_utf8_bytes():
     assert "34 bytes" in raised.value.detail
 
 
-def test_frame_tail_completes_the_frame_the_store_numbers():
-    """Tests that the store's prefix plus the tail is the documented chat frame."""
-    from chat.history import frame_tail
-
-    frame = '{"type":"chat","id":7,"epoch":"ab",' + frame_tail('hello <b> "é"', "Ada", "chat-2")
+def test_chat_frame_parts_make_the_documented_chat_frame():
+    """Tests that the parts the publish script joins around id and epoch make the frame."""
+    head, middle, tail = protocol.chat_frame_parts('hello <b> "é"', "Ada", "chat-2")
+    frame = head + "7" + middle + "ab" + tail
+    assert frame == protocol.chat_frame(7, "ab", 'hello <b> "é"', "Ada", "chat-2")
     assert json.loads(frame) == {
         "type": "chat",
         "id": 7,
@@ -88,25 +89,8 @@ def test_resume_position(query, position):
 
 
 def test_token_bucket_allows_the_burst_then_the_rate():
-    from chat.limits import TokenBucket
-
     now = [0.0]
     bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
     assert [bucket.allow() for _ in range(4)] == [True, True, True, False]
     now[0] = 0.5  # one token back
     assert [bucket.allow(), bucket.allow()] == [True, False]
-
-
-def test_plan_replay_gaps():
-    from chat.history import plan_replay
-
-    fresh = 1e12  # far in the future: never too old
-    entries = [(3, "c", fresh), (4, "d", fresh)]
-    assert plan_replay(entries, "e1", 4, "e1", 2, 60).gap == "none"
-    assert plan_replay(entries, "e1", 4, "e1", 1, 60).gap == "trimmed"
-    assert plan_replay([], "e1", 4, "e1", 4, 60).gap == "none"
-    assert plan_replay(entries, "e2", 4, "e1", 9, 60).gap == "reset"
-    assert plan_replay(entries, "e1", 4, None, 9, 60).gap == "reset"
-    old = [(3, "c", 0.0), (4, "d", fresh)]
-    too_old = plan_replay(old, "e1", 4, "e1", 2, 60)
-    assert (too_old.frames, too_old.gap) == ([(4, "d")], "trimmed")

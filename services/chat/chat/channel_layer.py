@@ -1,0 +1,94 @@
+"""The channel layer, and the one module that knows channels_redis' internals.
+
+ChatChannelLayer is channels_redis' RedisPubSubChannelLayer (settings name it as the
+BACKEND) with what the chat needs beyond the Channels layer API:
+  - the pub/sub channel of a group, and the shard that carries it, so that the
+    history's publish script can publish to the group itself (chat.history) and
+    every key of a room lives on that shard (one sharding policy);
+  - releasing a consumer's channel when the consumer ends: channels_redis
+    unsubscribes only when a pending receive() is cancelled, and a receive that had
+    already completed never is, so the subscription and its queue would stay for
+    the life of the replica;
+  - a start-up check that the layer decodes what the script writes (msgpack, no
+    prefix, no encryption), and that the internals used here are still there.
+They rely on channels_redis 4.3 (services/chat/requirements.in bounds it); an
+upgrade that changes them fails check_internals() at start-up, and the tests.
+"""
+
+import msgpack
+from channels.exceptions import ChannelFull
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
+from channels_redis.serializers import MsgPackSerializer
+from channels_redis.utils import _consistent_hash
+from redis.exceptions import RedisError
+
+# What a channel layer raises when Redis cannot take or give a message.
+LAYER_ERRORS = (RedisError, OSError, ChannelFull)
+
+
+class ChannelLayerMismatch(RuntimeError):
+    """channels_redis is not what this module was written against."""
+
+
+class ChatChannelLayer(RedisPubSubChannelLayer):
+    def group_channel(self, group):
+        """The Redis pub/sub channel that carries a group's messages."""
+        return self._get_layer()._get_group_channel_name(group)
+
+    def shard_of(self, group, shard_count):
+        """Which of shard_count Redis servers carries the group: channels_redis' own
+        choice for its pub/sub channel."""
+        return _consistent_hash(self.group_channel(group), shard_count)
+
+    async def release_channel(self, channel_name):
+        layer = self._get_layer()
+        if layer.channels.pop(channel_name, None) is not None:
+            await layer._get_shard(channel_name).unsubscribe(channel_name)
+
+    def decode(self, payload):
+        """A message as a consumer of the layer receives it from Redis."""
+        return self.deserialize(payload)
+
+    def check_internals(self):
+        """Fails loudly if channels_redis no longer works the way this module uses it."""
+        serializer = self._serializer
+        problems = []
+        if type(serializer) is not MsgPackSerializer:
+            problems.append(f"serializer is {type(serializer).__name__}, not msgpack")
+        if serializer.crypter is not None or serializer.random_prefix_length:
+            problems.append("messages are encrypted or prefixed")
+        # A loop layer makes no connection until it is used.
+        loop_layer = RedisPubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+        if not isinstance(getattr(loop_layer, "channels", None), dict):
+            problems.append("the loop layer keeps no dict of its channels")
+        if not callable(getattr(loop_layer, "_get_shard", None)):
+            problems.append("the loop layer has no _get_shard()")
+        elif not hasattr(loop_layer._get_shard("check"), "unsubscribe"):
+            problems.append("a shard has no unsubscribe()")
+        group_channel = getattr(loop_layer, "_get_group_channel_name", lambda group: None)
+        if not isinstance(group_channel("check"), str):
+            problems.append("the loop layer has no _get_group_channel_name()")
+        sample = {"type": "chat.message", "id": 1, "epoch": "ab", "sent_at": 1.5}
+        try:
+            if self.decode(msgpack.packb(sample)) != sample:
+                problems.append("a msgpack map does not decode to itself")
+        except Exception as error:  # noqa: BLE001 - any failure is the mismatch reported
+            problems.append(f"decoding msgpack failed: {error!r}")
+        if problems:
+            raise ChannelLayerMismatch(
+                "channels_redis is not the version chat.channel_layer was written for: "
+                + "; ".join(problems)
+            )
+
+
+def shard_of(channel_layer, group, shard_count):
+    """The one sharding policy: a room's group, history, refs and presence live on the
+    Redis that carries its group's messages."""
+    if isinstance(channel_layer, ChatChannelLayer):
+        return channel_layer.shard_of(group, shard_count)
+    return _consistent_hash(group, shard_count)
+
+
+async def release_channel(channel_layer, channel_name):
+    if isinstance(channel_layer, ChatChannelLayer) and channel_name:
+        await channel_layer.release_channel(channel_name)

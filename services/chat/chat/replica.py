@@ -1,0 +1,175 @@
+"""The replica as a whole: its connections, admission, draining, the presence
+heartbeat and sweeps, and recovery after Redis was unreachable or lost its data.
+
+One Replica is built per process, at start-up (chat.apps), and reached with
+current(). chatsite.serve starts draining on SIGTERM: /readyz then answers 503 and
+new connections are refused with 1012.
+"""
+
+import asyncio
+import logging
+
+from django.apps import apps
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from . import metrics
+from .channel_layer import LAYER_ERRORS
+from .history import MemoryHistory, RedisHistory
+from .presence import MemoryPresence, RedisPresence
+
+logger = logging.getLogger(__name__)
+
+# Seconds between heartbeats: how soon a replica notices Redis is back.
+HEARTBEAT_INTERVAL = 1.0
+# Recovery steps are tried again: the pools' connections may still be the ones
+# Redis dropped, and a second attempt takes a new one.
+RECOVERY_ATTEMPTS = 3
+RECOVERY_RETRY_DELAY = 0.2  # seconds, growing with each attempt
+
+DRAINING = "draining"
+FULL = "server_full"
+
+
+class Replica:
+    def __init__(self, name, channel_layer, history, presence, redis_urls, max_connections):
+        self.name = name
+        self.channel_layer = channel_layer
+        self.history = history
+        self.presence = presence
+        self.redis_urls = redis_urls  # none with the in-memory layer
+        self.max_connections = max_connections
+        self.connections = set()  # consumers joined to a room
+        self.draining = False
+        self.maintenance = None
+        self.redis_healthy = True
+
+    @classmethod
+    def from_settings(cls, channel_layer):
+        history_limits = (
+            settings.CHAT_HISTORY_MAX_LENGTH,
+            settings.CHAT_HISTORY_MAX_AGE,
+            settings.CHAT_HISTORY_ON_JOIN,
+        )
+        if settings.CHAT_CHANNEL_LAYER == "memory":
+            history = MemoryHistory(channel_layer, *history_limits)
+            presence = MemoryPresence(channel_layer)
+            redis_urls = []
+        else:
+            redis_urls = settings.REDIS_URLS
+            history = RedisHistory(channel_layer, redis_urls, *history_limits)
+            presence = RedisPresence(
+                channel_layer, redis_urls, settings.CHAT_REPLICA_ID, settings.CHAT_PRESENCE_TTL
+            )
+        return cls(
+            settings.CHAT_REPLICA_ID,
+            channel_layer,
+            history,
+            presence,
+            redis_urls,
+            settings.CHAT_MAX_CONNECTIONS,
+        )
+
+    # Connections
+
+    def refusal(self):
+        """Why a new connection may not join now (DRAINING or FULL), or None."""
+        if self.draining:
+            return DRAINING
+        if len(self.connections) >= self.max_connections:
+            return FULL
+        return None
+
+    def add(self, consumer):
+        self.connections.add(consumer)
+
+    def discard(self, consumer):
+        self.connections.discard(consumer)
+
+    def start_draining(self):
+        """True the first time: new connections are refused from now on."""
+        if self.draining:
+            return False
+        self.draining = True
+        metrics.draining.set(1)
+        return True
+
+    # Heartbeat, sweeps and recovery
+
+    async def start_maintenance(self):
+        """Starts the heartbeat and sweeps with the first connection: only a replica
+        that serves someone has presence entries to keep alive."""
+        if self.maintenance is None or self.maintenance.done():
+            # Set before the first await: joins arriving meanwhile start no other.
+            self.maintenance = asyncio.get_running_loop().create_task(self.maintain_forever())
+            await self.presence.heartbeat()
+
+    async def maintain_forever(self):
+        loop = asyncio.get_running_loop()
+        sweep_interval = self.presence.sweep_interval
+        next_sweep = loop.time() + sweep_interval
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                key_kept = await self.presence.heartbeat()
+                if not (self.redis_healthy and key_kept):
+                    self.redis_healthy = True
+                    await self.redis_recovered()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + sweep_interval
+                    for room in await self.presence.sweep():
+                        await self.presence.announce(room)
+            except (RedisError, OSError) as error:
+                if self.redis_healthy:
+                    logger.warning("Redis unreachable: %r", error)
+                self.redis_healthy = False
+
+    async def redis_recovered(self):
+        """Puts back what a Redis restart loses, then sends every connection what its
+        room published while this replica could not hear it."""
+        consumers = list(self.connections)
+        rooms = {consumer.room_name for consumer in consumers}
+        logger.warning(
+            "Redis is back: restoring %d connections, %d rooms", len(consumers), len(rooms)
+        )
+        for consumer in consumers:
+            try:
+                # Group memberships: kept in Redis by the core layer. The pub/sub
+                # layer's subscriptions are renewed by redis-py on reconnect; this is
+                # then a no-op.
+                await self.channel_layer.group_add(consumer.room_group_name, consumer.channel_name)
+                await self.presence.restore(
+                    consumer.room_name, consumer.channel_name, consumer.name
+                )
+            except LAYER_ERRORS as error:
+                logger.warning("restoring %s failed: %r", consumer.channel_name, error)
+
+        async def ask_to_catch_up(consumer):
+            # Through the consumer's own queue: a catch-up must come after the messages
+            # already waiting there, which may be of the epoch before the restart.
+            await self.channel_layer.send(consumer.channel_name, {"type": "history.catch_up"})
+
+        steps = [(f"presence of {room}", self.presence.announce, room) for room in rooms]
+        steps += [
+            (f"catch-up of {consumer.channel_name}", ask_to_catch_up, consumer)
+            for consumer in consumers
+            if consumer.recovers_history
+        ]
+        await asyncio.gather(*(retrying(name, step, argument) for name, step, argument in steps))
+
+
+async def retrying(name, step, argument):
+    """Runs step(argument), again after a failure, RECOVERY_ATTEMPTS times at most."""
+    for attempt in range(1, RECOVERY_ATTEMPTS + 1):
+        try:
+            return await step(argument)
+        except LAYER_ERRORS as error:
+            if attempt == RECOVERY_ATTEMPTS:
+                logger.warning("%s failed: %r", name, error)
+            else:
+                await asyncio.sleep(RECOVERY_RETRY_DELAY * attempt)
+
+
+def current():
+    """The replica this process runs (chat.apps builds it at start-up)."""
+    return apps.get_app_config("chat").replica

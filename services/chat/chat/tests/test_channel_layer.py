@@ -1,0 +1,63 @@
+import ast
+import inspect
+import textwrap
+
+import pytest
+from channels.consumer import AsyncConsumer
+
+from chat.channel_layer import ChannelLayerMismatch, ChatChannelLayer
+from chat.consumers import ChatConsumer
+
+HOSTS = ["redis://127.0.0.1:1/0"]  # never connected to: the checks are offline
+
+
+def test_the_installed_channels_redis_passes_the_start_up_check():
+    ChatChannelLayer(hosts=HOSTS).check_internals()
+
+
+def test_a_layer_that_does_not_decode_msgpack_fails_the_check():
+    """Tests that the publish script's encoding (msgpack) is what the layer must decode."""
+    with pytest.raises(ChannelLayerMismatch, match="serializer is JSONSerializer"):
+        ChatChannelLayer(hosts=HOSTS, serializer_format="json").check_internals()
+
+
+def test_an_encrypting_layer_fails_the_check():
+    with pytest.raises(ChannelLayerMismatch, match="encrypted"):
+        ChatChannelLayer(hosts=HOSTS, symmetric_encryption_keys=["k"]).check_internals()
+
+
+def test_a_layer_without_the_internals_used_fails_the_check(monkeypatch):
+    """Tests that a channels_redis upgrade renaming what chat.channel_layer uses is caught."""
+    from channels_redis.pubsub import RedisPubSubLoopLayer
+
+    monkeypatch.delattr(RedisPubSubLoopLayer, "_get_group_channel_name")
+    with pytest.raises(ChannelLayerMismatch, match="_get_group_channel_name"):
+        ChatChannelLayer(hosts=HOSTS).check_internals()
+
+
+# The dispatch of the Channels version ChatConsumer.dispatch was written against.
+CHANNELS_DISPATCH = """\
+handler = getattr(self, get_handler_name(message), None)
+if handler:
+    await aclose_old_connections()
+    await handler(message)
+else:
+    raise ValueError('No handler for message type %s' % message['type'])"""
+
+
+def test_dispatch_is_channels_dispatch_without_the_database_hop():
+    """Tests that Channels' AsyncConsumer.dispatch is still the one ChatConsumer.dispatch
+    copies without the database hop: an upgrade that changes it must be looked at."""
+    assert body(AsyncConsumer.dispatch) == CHANNELS_DISPATCH
+    ours = body(ChatConsumer.dispatch)
+    assert "handler = getattr(self, get_handler_name(message), None)" in ours
+    assert "await handler(message)" in ours
+
+
+def body(function):
+    """The function's statements, without its docstring, as source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    statements = tree.body[0].body
+    if isinstance(statements[0], ast.Expr) and isinstance(statements[0].value, ast.Constant):
+        statements = statements[1:]
+    return "\n".join(ast.unparse(statement) for statement in statements)
