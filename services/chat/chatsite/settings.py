@@ -154,11 +154,10 @@ CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", 10, minimum=0)
 
 # --- Channel layer ----------------------------------------------------------
 #
-# "pubsub" (RedisPubSubChannelLayer) is the default: measured on this machine
-# type, the core RedisChannelLayer silently drops messages once a channel holds
-# `capacity` messages, while the pub/sub layer dropped none and carried about
-# twice the throughput. Pub/sub delivers at most once and keeps nothing for an
-# absent consumer, which is what a live chat wants. "core" stays selectable.
+# "pubsub" (RedisPubSubChannelLayer) is the default: it delivers at most once and
+# keeps nothing for an absent consumer, which is what a live chat wants, while the
+# core RedisChannelLayer drops messages silently past `capacity` (README.md, "Why the
+# pub/sub channel layer"). "core" stays selectable.
 CHAT_CHANNEL_LAYER = env_choice("CHAT_CHANNEL_LAYER", "pubsub", ("pubsub", "core", "memory"))
 
 REDIS_URLS = env("REDIS_URLS", "redis://127.0.0.1:6379/0").split(",")
