@@ -16,11 +16,9 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from chat.protocol import CLOSE_TRY_AGAIN_LATER, GAP_NONE, SUBPROTOCOL
+from chat.protocol import CLOSE_TRY_AGAIN_LATER, GAP_NONE, RATE_LIMITED, SUBPROTOCOL
 
 from .ledger import Received
-
-RATE_LIMITED = "rate_limited"  # a code of chat.protocol.ERRORS (tests/test_protocol_mirror.py)
 
 CONNECT_ERRORS = (OSError, TimeoutError, EOFError, WebSocketException)
 MAX_CONNECTS = 500  # per client and run: a bound on the reconnect loop

@@ -1,10 +1,9 @@
-"""The protocol's one mirror, in the Locust file (its image holds only that file), and
-the error code names the harness relies on, checked against chat.protocol."""
+"""The protocol's one mirror, in the Locust file (its image holds only that file),
+checked against chat.protocol."""
 
 import ast
 
 from chat import protocol
-from harness import client
 from harness.paths import ROOT
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -25,8 +24,3 @@ def module_constants(path):
 def test_locustfile_mirrors_the_subprotocol():
     """Tests that the Locust file offers the subprotocol chat.protocol defines."""
     assert module_constants(LOCUSTFILE)["SUBPROTOCOL"] == protocol.SUBPROTOCOL
-
-
-def test_the_harness_error_codes_are_the_protocol_s():
-    """Tests that the error code the resuming client retries is one chat.protocol sends."""
-    assert client.RATE_LIMITED in protocol.ERRORS

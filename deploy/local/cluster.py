@@ -23,7 +23,7 @@ import os
 import sys
 
 from config import HOST, ROOT, ClusterConfig, ClusterError
-from probes import readiness
+from readiness import readiness
 from supervision import Supervisor
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import ClusterError, Programs, rendered_files
-from probes import check_ports_free, readiness
+from readiness import check_ports_free, readiness
 from supervisor.xmlrpc import SupervisorTransport
 
 

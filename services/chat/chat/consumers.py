@@ -76,7 +76,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             replay = await history.replay(self.room_name, epoch, last_id)
         except LAYER_ERRORS as error:
             self.log_layer_error("join", error)
-            refusal = protocol.ProtocolError("unavailable"), protocol.CLOSE_TRY_AGAIN_LATER
+            refusal = protocol.ProtocolError(protocol.UNAVAILABLE), protocol.CLOSE_TRY_AGAIN_LATER
             await self.refuse(subprotocol, headers, *refusal)
             return
 
@@ -133,7 +133,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             metrics.group_sends.inc()
         except LAYER_ERRORS as error:
             self.log_layer_error("publish", error)
-            await self.send(text_data=protocol.ProtocolError("unavailable", ref).frame())
+            await self.send(text_data=protocol.ProtocolError(protocol.UNAVAILABLE, ref).frame())
             return
         if ref is not None:
             await self.send(text_data=self.ack(ref, published))

@@ -16,6 +16,7 @@ With the in-memory channel layer (one process: tests, runserver) the same
 interface is kept in a dict.
 """
 
+import asyncio
 import json
 import uuid
 from collections import Counter, defaultdict
@@ -110,12 +111,18 @@ class RedisPresence(Presence):
         return sorted(json.loads(entry)["name"] for entry in entries.values())
 
     async def heartbeat(self):
-        """Refreshes this instance's key on every Redis; False if one had lost it."""
+        """Refreshes this instance's key on every Redis, each whatever the others do (a
+        Redis that is down must not let the key expire on the others); False if one had
+        lost it, and raises the first error if one could not be reached."""
         key = self.instance_key(self.instance)
-        kept = True
-        for client in self.clients:
-            kept &= await client.set(key, "1", ex=self.ttl, get=True) is not None
-        return kept
+        results = await asyncio.gather(
+            *(client.set(key, "1", ex=self.ttl, get=True) for client in self.clients),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return all(previous is not None for previous in results)
 
     async def sweep(self):
         """Drops the entries of replicas whose heartbeat expired; returns the rooms

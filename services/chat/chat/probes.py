@@ -27,19 +27,19 @@ class ProbeEndpoints:
     def __init__(self, application):
         self.application = application
         self.metrics_app = make_asgi_app()
-        self.replica = current()
-        self.replica_header = (b"x-chat-replica", self.replica.name.encode())
+        self.replica_header = (b"x-chat-replica", current().name.encode())
 
     async def __call__(self, scope, receive, send):
         path = scope["path"]
         if path == LIVENESS_PATH:
-            await self.respond(send, 200, {"status": "ok", "replica": self.replica.name})
+            await self.respond(send, 200, {"status": "ok", "replica": current().name})
         elif path == READINESS_PATH:
-            draining = self.replica.draining
-            redis = await redis_states(self.replica.redis_urls)
+            replica = current()
+            redis = await redis_states(replica.redis_urls)
+            draining = replica.draining  # after the pings: a drain begun meanwhile counts
             ready = all(state == "ok" for state in redis.values()) and not draining
             status = "draining" if draining else "ok" if ready else "unavailable"
-            body = {"status": status, "replica": self.replica.name, "redis": redis}
+            body = {"status": status, "replica": replica.name, "redis": redis}
             await self.respond(send, 200 if ready else 503, body)
         elif path == METRICS_PATH:
             await self.metrics_app(scope, receive, self.with_replica_header(send))

@@ -65,9 +65,14 @@ CLOSE_INVALID_ROOM = 4400
 GAP_NONE = "none"
 GAP_TRIMMED = "trimmed"  # older than the history keeps (length or age)
 GAP_RESET = "reset"  # the room's history was lost: a new epoch began
-GAP_KINDS = (GAP_NONE, GAP_TRIMMED, GAP_RESET)
 
 REF_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# The error codes a client acts on rather than only shows: it sends the message again
+# (after a pause) when it was refused for one of these.
+RATE_LIMITED = "rate_limited"
+UNAVAILABLE = "unavailable"
+RETRYABLE_ERRORS = (RATE_LIMITED, UNAVAILABLE)
 
 ERRORS = {
     "invalid_json": "Frame is not valid JSON.",
@@ -78,9 +83,9 @@ ERRORS = {
     "invalid_room": "Room name must be " + ROOM_NAME_RULE + ".",
     "invalid_ref": 'Field "ref" must be 1 to 64 characters of A-Z, a-z, 0-9, "_" or "-".',
     "invalid_resume": "last_id must be a whole number of at least 0; epoch comes only with it.",
-    "rate_limited": "More than {rate} messages per second; this one was not sent.",
+    RATE_LIMITED: "More than {rate} messages per second; this one was not sent.",
     "server_full": "This replica serves its maximum of connections; try again later.",
-    "unavailable": "The message could not be sent; try again.",
+    UNAVAILABLE: "The message could not be sent; try again.",
 }
 
 

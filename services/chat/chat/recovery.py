@@ -56,7 +56,6 @@ class Action(enum.Enum):
 class Decision:
     action: Action
     after_id: int = 0  # with FILL_GAP: the missing ids are after_id < id < message_id
-    new_epoch: bool = False  # the room's history was lost and began anew
 
 
 @dataclass
@@ -86,14 +85,13 @@ class Cursor:
 
     def decide(self, message_id, epoch):
         """What to do with a live message; a new epoch moves the cursor to its start."""
-        new_epoch = epoch != self.epoch
-        if new_epoch:
+        if epoch != self.epoch:
             self.epoch, self.last_id = epoch, 0
         if message_id <= self.last_id:
             return Decision(Action.SKIP)
         if message_id > self.last_id + 1:
-            return Decision(Action.FILL_GAP, self.last_id, new_epoch)
-        return Decision(Action.SEND, new_epoch=new_epoch)
+            return Decision(Action.FILL_GAP, self.last_id)
+        return Decision(Action.SEND)
 
     def sent(self, message_id):
         self.last_id = max(self.last_id, message_id)

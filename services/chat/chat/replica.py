@@ -98,7 +98,9 @@ class Replica:
 
     async def start_maintenance(self):
         """Starts the heartbeat and sweeps with the first connection: only a replica
-        that serves someone has presence entries to keep alive."""
+        that serves someone has presence entries to keep alive, in Redis."""
+        if not self.redis_urls:
+            return
         if self.maintenance is None or self.maintenance.done():
             # Set before the first await: joins arriving meanwhile start no other.
             self.maintenance = asyncio.get_running_loop().create_task(self.maintain_forever())

@@ -99,7 +99,9 @@ class RoomMember:
                 text_data, bytes_data, settings.CHAT_MAX_MESSAGE_BYTES
             )
             if not allowed:
-                raise protocol.ProtocolError("rate_limited", ref, rate=settings.CHAT_RATE_LIMIT)
+                raise protocol.ProtocolError(
+                    protocol.RATE_LIMITED, ref, rate=settings.CHAT_RATE_LIMIT
+                )
         except protocol.ProtocolError as error:
             self.count_error(error)
             return None, error

@@ -34,7 +34,7 @@ class SyncChatConsumer(RoomMember, WebsocketConsumer):
             async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
         except LAYER_ERRORS as error:
             self.log_layer_error("join", error)
-            refusal = protocol.ProtocolError("unavailable"), protocol.CLOSE_TRY_AGAIN_LATER
+            refusal = protocol.ProtocolError(protocol.UNAVAILABLE), protocol.CLOSE_TRY_AGAIN_LATER
             self.refuse(subprotocol, headers, *refusal)
             return
 
@@ -76,7 +76,7 @@ class SyncChatConsumer(RoomMember, WebsocketConsumer):
             metrics.group_sends.inc()
         except LAYER_ERRORS as error:
             self.log_layer_error("publish", error)
-            self.send(text_data=protocol.ProtocolError("unavailable", ref).frame())
+            self.send(text_data=protocol.ProtocolError(protocol.UNAVAILABLE, ref).frame())
             return
         if ref is not None:
             self.send(text_data=self.ack(ref, published))

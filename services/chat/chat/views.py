@@ -11,6 +11,8 @@ PAGE_PROTOCOL = {
     "CLOSE_INVALID_ROOM": protocol.CLOSE_INVALID_ROOM,
     "GAP_TRIMMED": protocol.GAP_TRIMMED,
     "GAP_RESET": protocol.GAP_RESET,
+    "RATE_LIMITED": protocol.RATE_LIMITED,
+    "UNAVAILABLE": protocol.UNAVAILABLE,
 }
 
 

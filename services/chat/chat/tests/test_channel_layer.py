@@ -4,6 +4,7 @@ import textwrap
 
 import pytest
 from channels.consumer import AsyncConsumer
+from channels_redis.pubsub import RedisPubSubLoopLayer
 
 from chat.channel_layer import ChannelLayerMismatch, ChatChannelLayer
 from chat.consumers import ChatConsumer
@@ -28,8 +29,6 @@ def test_an_encrypting_layer_fails_the_check():
 
 def test_a_layer_without_the_internals_used_fails_the_check(monkeypatch):
     """Tests that a channels_redis upgrade renaming what chat.channel_layer uses is caught."""
-    from channels_redis.pubsub import RedisPubSubLoopLayer
-
     monkeypatch.delattr(RedisPubSubLoopLayer, "_get_group_channel_name")
     with pytest.raises(ChannelLayerMismatch, match="_get_group_channel_name"):
         ChatChannelLayer(hosts=HOSTS).check_internals()

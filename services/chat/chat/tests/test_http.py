@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
+from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator, WebsocketCommunicator
+from django.apps import apps
 
 from chat import protocol
+from chat.replica import Replica
 from chatsite.asgi import application
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -104,9 +107,19 @@ def test_room_page_gives_its_script_the_protocol_constants(client):
         "CLOSE_INVALID_ROOM": protocol.CLOSE_INVALID_ROOM,
         "GAP_TRIMMED": protocol.GAP_TRIMMED,
         "GAP_RESET": protocol.GAP_RESET,
+        "RATE_LIMITED": protocol.RATE_LIMITED,
+        "UNAVAILABLE": protocol.UNAVAILABLE,
     }
     code = re.sub(r"//.*", "", (STATIC / "chat/room.js").read_text())
-    for literal in ("chat.v1", "1012", "4400", "'trimmed'", "'reset'"):
+    for literal in (
+        "chat.v1",
+        "1012",
+        "4400",
+        "'trimmed'",
+        "'reset'",
+        "unavailable",
+        "rate_limited",
+    ):
         assert literal not in code
 
 
@@ -188,6 +201,16 @@ async def test_probes_answer_any_host():
     status, _, body = await http_get("/readyz")
     assert status == 200
     assert json.loads(body)["status"] == "ok"
+
+
+async def test_a_draining_replica_is_not_ready(monkeypatch):
+    """Tests that /readyz answers 503 "draining" once the replica drains, so that the
+    load balancer and Kubernetes stop sending it connections."""
+    draining = Replica.from_settings(get_channel_layer())
+    monkeypatch.setattr(apps.get_app_config("chat"), "replica", draining)
+    draining.draining = True  # as start_draining() leaves it, without its metric
+    status, _, body = await http_get("/readyz")
+    assert (status, json.loads(body)["status"]) == (503, "draining")
 
 
 async def test_django_still_checks_the_host():

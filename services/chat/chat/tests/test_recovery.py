@@ -67,7 +67,7 @@ def test_out_of_order_arrival_fills_then_skips():
 def test_a_new_epoch_starts_the_count_again():
     """Tests that after Redis lost the room, its new ids are sent though lower."""
     cursor = Cursor("e1", 40)
-    assert cursor.decide(1, "e2") == Decision(Action.SEND, new_epoch=True)
+    assert cursor.decide(1, "e2") == Decision(Action.SEND)
     assert (cursor.epoch, cursor.last_id) == ("e2", 0)
     cursor.sent(1)
     assert cursor.decide(2, "e2") == Decision(Action.SEND)
@@ -76,7 +76,8 @@ def test_a_new_epoch_starts_the_count_again():
 def test_a_new_epoch_seen_late_fills_its_start():
     """Tests that a first message of a new epoch heard at id 3 brings ids 1 and 2."""
     cursor = Cursor("e1", 40)
-    assert cursor.decide(3, "e2") == Decision(Action.FILL_GAP, after_id=0, new_epoch=True)
+    assert cursor.decide(3, "e2") == Decision(Action.FILL_GAP, after_id=0)
+    assert cursor.epoch == "e2"
 
 
 def test_any_change_of_epoch_starts_from_its_start():
@@ -85,7 +86,8 @@ def test_any_change_of_epoch_starts_from_its_start():
     cursor = Cursor("e1", 40)
     cursor.decide(1, "e2")
     cursor.sent(1)
-    assert cursor.decide(41, "e1") == Decision(Action.FILL_GAP, after_id=0, new_epoch=True)
+    assert (cursor.epoch, cursor.last_id) == ("e2", 1)
+    assert cursor.decide(41, "e1") == Decision(Action.FILL_GAP, after_id=0)
 
 
 def test_catch_up_sends_what_came_after_the_cursor():

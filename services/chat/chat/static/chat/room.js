@@ -3,8 +3,8 @@
 // Plain JavaScript, no asset from the internet. Everything a peer sends is
 // shown with .value or .textContent, never parsed as HTML.
 const roomName = JSON.parse(document.getElementById('room-name').textContent);
-// The subprotocol, close codes and gap kinds of chat.protocol, put in the page by
-// views.room: this file repeats none of them.
+// The subprotocol, close codes, gap kinds and retryable error codes of chat.protocol, put
+// in the page by views.room: this file repeats none of them.
 const PROTOCOL = JSON.parse(document.getElementById('chat-protocol').textContent);
 const displayName = localStorage.getItem('chat-display-name')
     || 'guest-' + Math.random().toString(16).slice(2, 6);
@@ -37,7 +37,7 @@ const SHOWN_KEPT = 5000;
 // acknowledges a ref it already published with its first id, without
 // publishing it twice.
 const outbox = new Map();
-const RETRY_MS = {unavailable: 1000, rate_limited: 1500};
+const RETRY_MS = {[PROTOCOL.UNAVAILABLE]: 1000, [PROTOCOL.RATE_LIMITED]: 1500};
 
 function setState(state, detail) {
     const element = document.querySelector('#connection-state');
