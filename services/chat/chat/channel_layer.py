@@ -5,6 +5,9 @@ BACKEND) with what the chat needs beyond the Channels layer API:
   - the pub/sub channel of a group, and the shard that carries it, so that the
     history's publish script can publish to the group itself (chat.history) and
     every key of a room lives on that shard (one sharding policy);
+  - a bound on each consumer's queue (max_queued_bytes): past it the consumer is
+    sent "channel.overflow" and closes, and its client resumes, instead of the
+    queue growing without end for a consumer that cannot keep up;
   - releasing a consumer's channel when the consumer ends: channels_redis
     unsubscribes only when a pending receive() is cancelled, and a receive that had
     already completed never is, so the subscription and its queue would stay for
@@ -15,11 +18,13 @@ They rely on channels_redis 4.3 (services/chat/requirements.in bounds it); an
 upgrade that changes them fails check_internals() at start-up, and the tests.
 """
 
+import asyncio
+
 import msgpack
 from channels.exceptions import ChannelFull
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
 from channels_redis.serializers import MsgPackSerializer
-from channels_redis.utils import _consistent_hash
+from channels_redis.utils import _consistent_hash, _wrap_close
 from redis.exceptions import RedisError
 
 # What a channel layer raises when Redis cannot take or give a message.
@@ -30,7 +35,65 @@ class ChannelLayerMismatch(RuntimeError):
     """channels_redis is not what this module was written against."""
 
 
+# What a consumer whose queue overflowed is sent, once, after what it holds.
+OVERFLOW = {"type": "channel.overflow"}
+
+
+class BoundedChannelQueue(asyncio.Queue):
+    """A consumer's queue of serialized messages, bounded in bytes. Past the bound the
+    rest is dropped and the consumer gets the overflow message: nothing is lost for
+    a client that resumes from the last id it was sent."""
+
+    def __init__(self, max_bytes, overflow_payload):
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.overflow_payload = overflow_payload
+        self.bytes = 0
+        self.overflowed = False
+
+    def put_nowait(self, item):
+        if self.overflowed:
+            return
+        if self.bytes + len(item) > self.max_bytes and self.qsize():
+            self.overflowed = True
+            item = self.overflow_payload
+        super().put_nowait(item)
+
+    def _put(self, item):
+        self.bytes += len(item)
+        super()._put(item)
+
+    def _get(self):
+        item = super()._get()
+        self.bytes -= len(item)
+        return item
+
+
+class ChatLoopLayer(RedisPubSubLoopLayer):
+    """channels_redis' layer of one event loop, with bounded consumer queues."""
+
+    async def _subscribe_to_channel(self, channel):
+        self.channels[channel] = BoundedChannelQueue(
+            self.channel_layer.max_queued_bytes, self.channel_layer.serialize(OVERFLOW)
+        )
+        await self._get_shard(channel).subscribe(channel)
+
+
 class ChatChannelLayer(RedisPubSubChannelLayer):
+    def __init__(self, *args, max_queued_bytes=1024 * 1024, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_queued_bytes = max_queued_bytes
+
+    def _get_layer(self):
+        # RedisPubSubChannelLayer._get_layer, making a ChatLoopLayer.
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = ChatLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            self._layers[loop] = layer
+            _wrap_close(self, loop)
+        return layer
+
     def group_channel(self, group):
         """The Redis pub/sub channel that carries a group's messages."""
         return self._get_layer()._get_group_channel_name(group)
@@ -58,7 +121,12 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
         if serializer.crypter is not None or serializer.random_prefix_length:
             problems.append("messages are encrypted or prefixed")
         # A loop layer makes no connection until it is used.
-        loop_layer = RedisPubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+        loop_layer = ChatLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+        for name in ("_layers", "_args", "_kwargs"):
+            if name not in vars(self):
+                problems.append(f"RedisPubSubChannelLayer has no {name}")
+        if "_subscribe_to_channel" not in vars(RedisPubSubLoopLayer):
+            problems.append("RedisPubSubLoopLayer has no _subscribe_to_channel()")
         if not isinstance(getattr(loop_layer, "channels", None), dict):
             problems.append("the loop layer keeps no dict of its channels")
         if not callable(getattr(loop_layer, "_get_shard", None)):

@@ -159,6 +159,11 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             self.cursor.sent(event["id"])
         self.count_delivery(event)
 
+    async def channel_overflow(self, event):
+        """Sent by the channel layer when this consumer's queue passed its bound."""
+        metrics.slow_consumer_disconnects.labels("queue").inc()
+        await self.close(code=protocol.CLOSE_SLOW_CONSUMER)
+
     async def presence_update(self, event):
         # The tutorial's client prints every frame's "message": chat.v1 clients only.
         if self.subprotocol:

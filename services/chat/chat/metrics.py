@@ -69,6 +69,20 @@ errors = Counter(
     ["code"],
     namespace=NAMESPACE,
 )
+redis_writes_refused = Counter(
+    "redis_writes_refused",
+    "Redis writes refused because Redis is full (OOM at maxmemory), by operation.",
+    ["operation"],
+    namespace=NAMESPACE,
+)
+slow_consumer_disconnects = Counter(
+    "slow_consumer_disconnects",
+    "Connections closed with 4008 because the client did not read fast enough, by what was"
+    " exceeded: buffer (CHAT_MAX_SEND_BUFFER written while the socket was full), timeout"
+    " (full for CHAT_SEND_TIMEOUT) or queue (messages from Redis waiting to be sent).",
+    ["reason"],
+    namespace=NAMESPACE,
+)
 group_send_duration = Histogram(
     "group_send_duration_seconds",
     "Time group_send took, as seen by the sending replica.",

@@ -33,9 +33,19 @@ Server to client, text frames with a "type":
         epoch cannot be recovered).
     {"type": "ack", "ref": "k2v9x1", "id": 58, "epoch": "4f1a2b9c", "duplicate": false}
         to the sender of a message with a "ref": it is stored and published.
-    {"type": "presence", "members": ["Ada", "Grace"]}
-        who is in the room, on every replica, after each join and leave
-        (chat.v1 clients, async consumer).
+    {"type": "presence", "members": [{"id": "3f9a1c2b7d4e", "name": "Ada"}], "count": 1}
+        who is in the room, on every replica: to a client once, when it joins or
+        resumes (and after the server lost Redis). Each member is one connection:
+        "id" is opaque, the same on every replica, and tells apart two tabs of the
+        same name. At most CHAT_PRESENCE_MAX_LISTED members are listed, sorted by
+        name (all of them when the room has no more); "count" is every connection.
+    {"type": "presence_diff", "joined": [{"id": "9c0d...", "name": "Grace"}],
+     "left": ["3f9a1c2b7d4e"], "count": 2}
+        then, to everyone in the room, who joined and left: one frame per room,
+        replica and CHAT_PRESENCE_COALESCE_MS at most, a burst merged into one. A
+        client adds "joined" and drops "left" by id, ignoring ids it already has or
+        never had; "count" is the room's at that point (the latest frame's is current).
+        Both only to chat.v1 clients of the async consumer.
     {"type": "error", "code": "invalid_json", "detail": "...", "ref": "k2v9x1"}
         bad input or a message not sent ("ref" when the message had one); the
         connection stays open unless a close code follows.
@@ -43,6 +53,7 @@ Server to client, text frames with a "type":
 Error codes and close codes are listed in ERRORS and CLOSE_* below and in README.md.
 """
 
+import hashlib
 import json
 import re
 from urllib.parse import parse_qs
@@ -59,6 +70,7 @@ _ROOM_NAME = re.compile(ROOM_NAME_PATTERN)
 CLOSE_MESSAGE_TOO_BIG = 1009  # a frame over CHAT_MAX_FRAME_BYTES, closed by Daphne
 CLOSE_SERVICE_RESTART = 1012  # the replica is draining: reconnect and resume
 CLOSE_TRY_AGAIN_LATER = 1013  # the replica is full, or Redis is unreachable on join
+CLOSE_SLOW_CONSUMER = 4008  # the client did not read fast enough: reconnect and resume
 CLOSE_INVALID_ROOM = 4400
 
 # The "gap" of a history frame: what a joining or resuming client could not be sent.
@@ -189,12 +201,47 @@ def chat_event(frame, message_id, epoch, sent_at):
     }
 
 
-def presence_event(members):
-    """The group event that tells a room who is in it (display names, sorted)."""
-    return {
-        "type": "presence.update",
-        "frame": json.dumps({"type": "presence", "members": members}),
-    }
+def presence_event(frame=None):
+    """The group event carrying a presence frame; without one, it asks a consumer to
+    send its client a fresh snapshot (after a Redis outage)."""
+    event = {"type": "presence.update"}
+    if frame is not None:
+        event["frame"] = frame
+    return event
+
+
+PRESENCE = "presence"
+PRESENCE_DIFF = "presence_diff"
+
+
+def member_id(channel_name):
+    """A connection's id in presence frames: short, opaque, the same on every replica,
+    and not its channel name, which would let a client address another's channel."""
+    return hashlib.blake2s(channel_name.encode(), digest_size=6).hexdigest()
+
+
+def presence_members(members):
+    """(id, name) pairs as a frame lists them: sorted by name, then id."""
+    ordered = sorted(members, key=lambda member: (member[1], member[0]))
+    return [{"id": member, "name": name} for member, name in ordered]
+
+
+def presence_frame(members, count):
+    """The snapshot: `members` (id, name) pairs, at most CHAT_PRESENCE_MAX_LISTED of `count`."""
+    return json.dumps({"type": PRESENCE, "members": presence_members(members), "count": count})
+
+
+def presence_diff_parts(joined, left):
+    """A presence_diff frame in two parts around its count, which the presence script
+    reads when it publishes: frame = head + count + tail. `joined` are (id, name)
+    pairs, `left` ids."""
+    body = json.dumps({"joined": presence_members(joined), "left": sorted(left)})
+    return '{"type":"' + PRESENCE_DIFF + '","count":', "," + body[1:]
+
+
+def presence_diff_frame(joined, left, count):
+    head, tail = presence_diff_parts(joined, left)
+    return f"{head}{count}{tail}"
 
 
 NAME_MAX_LENGTH = 32

@@ -87,6 +87,11 @@ class SyncChatConsumer(RoomMember, WebsocketConsumer):
         self.send(text_data=event["frame"])
         self.count_delivery(event)
 
+    def channel_overflow(self, event):
+        # As in ChatConsumer.channel_overflow.
+        metrics.slow_consumer_disconnects.labels("queue").inc()
+        self.close(code=protocol.CLOSE_SLOW_CONSUMER)
+
     def presence_update(self, event):
         if self.subprotocol:
             self.send(text_data=event["frame"])

@@ -14,6 +14,13 @@ cancelled (daphne#38). Here SIGTERM instead
      CHAT_DRAIN_SECONDS + CLEANUP_SECONDS after the signal.
 A second SIGTERM or SIGINT stops at once. Kubernetes' terminationGracePeriodSeconds
 and supervisord's stopwaitsecs must exceed CHAT_DRAIN_SECONDS + CLEANUP_SECONDS.
+
+Each WebSocket is also bounded in what it holds for a client that does not read:
+Daphne writes every frame at once, and Twisted would buffer them without end. The
+protocol registers as its socket's producer, so Twisted says when the write buffer
+passes its high-water mark (64 KiB) and when it has drained. Past CHAT_MAX_SEND_BUFFER
+bytes written while it is full, or CHAT_SEND_TIMEOUT seconds full, the socket is
+closed with 4008 (slow consumer); the client resumes from its last id.
 """
 
 import logging
@@ -27,7 +34,7 @@ from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from twisted.internet import reactor
 
-from chat import protocol
+from chat import metrics, protocol
 from chat.replica import current
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
@@ -40,6 +47,51 @@ POLL_SECONDS = 0.2
 
 
 class ChatWebSocketProtocol(WebSocketProtocol):
+    full_since = None  # reactor time the write buffer passed its mark; None: drained
+    bytes_while_full = 0
+    full_timeout = None
+
+    def onOpen(self):
+        super().onOpen()
+        # The HTTP channel that took the upgrade request is still the producer, and
+        # would stop reading the socket when the buffer fills: this one only counts.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+
+    # IPushProducer: Twisted calls these as the socket's write buffer fills and drains.
+
+    def pauseProducing(self):
+        self.full_since = reactor.seconds()
+        self.bytes_while_full = 0
+        self.full_timeout = reactor.callLater(
+            settings.CHAT_SEND_TIMEOUT, self.close_slow_consumer, "timeout"
+        )
+
+    def resumeProducing(self):
+        self.full_since = None
+        if self.full_timeout is not None and self.full_timeout.active():
+            self.full_timeout.cancel()
+        self.full_timeout = None
+
+    def stopProducing(self):
+        self.resumeProducing()
+
+    def sendMessage(self, payload, *args, **kwargs):
+        if self.full_since is not None:
+            self.bytes_while_full += len(payload)
+            if self.bytes_while_full > settings.CHAT_MAX_SEND_BUFFER:
+                self.close_slow_consumer("buffer")  # the send then raises Disconnected
+        super().sendMessage(payload, *args, **kwargs)
+
+    def close_slow_consumer(self, reason):
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        metrics.slow_consumer_disconnects.labels(reason).inc()
+        # The close frame waits behind what the client has not read: it gets as long
+        # to read them as it had for the rest, then the connection is dropped.
+        self.closeHandshakeTimeout = settings.CHAT_SEND_TIMEOUT
+        self.serverClose(code=protocol.CLOSE_SLOW_CONSUMER)
+
     def serverClose(self, code=None):
         # autobahn's sendClose() takes only 1000 and 3000-4999, and raises on the
         # codes RFC 6455's registry gives servers: 1012 (restart) and 1013 (try

@@ -8,6 +8,7 @@ refuses to start without a secret key.
 import os
 import socket
 
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 # Every variable the settings read, for tests/test_single_source.py.
@@ -83,7 +84,31 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
+
+# Security headers of every page (README: the public edge). SecurityMiddleware's
+# defaults already send X-Content-Type-Options: nosniff, Referrer-Policy: same-origin
+# and Cross-Origin-Opener-Policy: same-origin; XFrameOptionsMiddleware sends
+# X-Frame-Options: DENY. django-csp adds the Content-Security-Policy: the pages have no
+# inline code, so their own files are all they may run. Browsers of CSP Level 3 let
+# 'self' cover ws:/wss: to the page's host, which is all the room's socket needs.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [NONE],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF],
+        "connect-src": [SELF],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 ROOT_URLCONF = "chatsite.urls"
 
@@ -149,6 +174,13 @@ CHAT_RATE_LIMIT = env_int("CHAT_RATE_LIMIT", 10)  # messages per second, sustain
 CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 30)  # messages at once
 CHAT_MAX_CONNECTIONS = env_int("CHAT_MAX_CONNECTIONS", 10000)
 
+# Slow consumers: what a replica holds for one client that does not read fast enough,
+# in bytes written to its socket while its write buffer is full, and again in its
+# queue of messages from Redis; and how long its write buffer may stay full. Past
+# either the connection is closed with 4008, and the client resumes.
+CHAT_MAX_SEND_BUFFER = env_int("CHAT_MAX_SEND_BUFFER", 1024 * 1024)
+CHAT_SEND_TIMEOUT = env_int("CHAT_SEND_TIMEOUT", 10)  # seconds
+
 # On SIGTERM: seconds over which the replica closes its WebSockets (1012).
 CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", 10, minimum=0)
 
@@ -182,7 +214,7 @@ if CHAT_CHANNEL_LAYER == "pubsub":
         "default": {
             # channels_redis' RedisPubSubChannelLayer, with what the chat adds to it.
             "BACKEND": "chat.channel_layer.ChatChannelLayer",
-            "CONFIG": {"hosts": REDIS_HOSTS},
+            "CONFIG": {"hosts": REDIS_HOSTS, "max_queued_bytes": CHAT_MAX_SEND_BUFFER},
         }
     }
 elif CHAT_CHANNEL_LAYER == "core":
