@@ -90,6 +90,29 @@ def test_compose_uses_the_same_ports_and_paths():
     assert f"metrics_path: {defaults()['METRICS_PATH']}" in PROMETHEUS_COMPOSE
 
 
+def test_every_redis_has_the_memory_limit_of_defaults_env():
+    """Tests that the local cluster, compose and Kubernetes give Redis defaults.env's
+    REDIS_MAXMEMORY and REDIS_MAXMEMORY_POLICY, below the container's memory limit."""
+    limit, policy = defaults()["REDIS_MAXMEMORY"], defaults()["REDIS_MAXMEMORY_POLICY"]
+    local = load_local_cluster()
+    settings = local.ClusterConfig.from_environment(ROOT / ".run" / "unused", environ={})
+    redis_conf = (ROOT / "deploy" / "redis" / "redis.conf.template").read_text()
+    assert (settings.redis_maxmemory, settings.redis_maxmemory_policy) == (limit, policy)
+    assert "maxmemory @{redis_maxmemory}\n" in redis_conf
+    assert "maxmemory-policy @{redis_maxmemory_policy}\n" in redis_conf
+    command = compose()["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:?}"
+    assert command[command.index("--maxmemory-policy") + 1] == "${REDIS_MAXMEMORY_POLICY:?}"
+    args = k8s_container("redis")["args"]
+    assert args[args.index("--maxmemory") + 1] == limit
+    assert args[args.index("--maxmemory-policy") + 1] == policy
+    mebibytes = int(limit.removesuffix("mb"))
+    assert limit.endswith("mb")
+    assert k8s_container("redis")["resources"]["limits"]["memory"] == "256Mi"
+    assert compose()["services"]["redis"]["mem_limit"] == "256m"
+    assert mebibytes <= 256 * 0.7, "leave Redis room for fragmentation and client buffers"
+
+
 def test_compose_reads_defaults_env():
     """Tests that compose's .env is deploy/defaults.env itself, not a copy."""
     env_file = ROOT / ".env"
@@ -185,3 +208,31 @@ def test_images_are_pinned_in_one_place():
         image = defaults()[variable]
         tag = image.rsplit(":", 1)[1]
         assert re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9-]+)?", tag), image
+
+
+def local_nginx_conf(environ=None):
+    """The local cluster's nginx.conf as config.py renders it from defaults.env."""
+    local = load_local_cluster()
+    settings = local.ClusterConfig.from_environment(ROOT / ".run" / "test", environ=environ or {})
+    programs = local.Programs("python", "redis-server", "nginx", "prometheus")
+    return local.rendered_files(settings, programs, "secret", run_as_root=False)["nginx.conf"]
+
+
+def test_every_nginx_limits_websockets_per_address_as_defaults_env_says():
+    """Tests that the local cluster renders defaults.env's LB_WS_* into nginx.conf and
+    that compose's and Kubernetes' nginx configs repeat the same values, answering 429."""
+    connections = defaults()["LB_WS_CONNECTIONS_PER_ADDRESS"]
+    rate = defaults()["LB_WS_HANDSHAKES_PER_SECOND"]
+    burst = defaults()["LB_WS_HANDSHAKE_BURST"]
+    for runtime, text in (
+        ("local", local_nginx_conf()),
+        ("compose", NGINX_COMPOSE),
+        ("k8s", k8s_config_file("nginx-config", "nginx.conf")),
+    ):
+        assert f"limit_conn ws_sockets {connections};" in text, runtime
+        assert f"zone=ws_handshakes:10m rate={rate}r/s;" in text, runtime
+        assert f"limit_req zone=ws_handshakes burst={burst} nodelay;" in text, runtime
+        assert "limit_conn_status 429;" in text, runtime
+        assert "limit_req_status 429;" in text, runtime
+    overridden = local_nginx_conf({"LB_WS_CONNECTIONS_PER_ADDRESS": "7"})
+    assert "limit_conn ws_sockets 7;" in overridden

@@ -4,6 +4,7 @@ generates. Nothing here writes a file or starts a process; supervision.py does.
 """
 
 import os
+import re
 import shutil
 import string
 import sys
@@ -24,6 +25,8 @@ SERVICE_SETTINGS = (
     "CHAT_LAYER_CAPACITY",
     "CHAT_LOG_LEVEL",
     "CHAT_PRESENCE_TTL",
+    "CHAT_PRESENCE_MAX_LISTED",
+    "CHAT_PRESENCE_COALESCE_MS",
     "CHAT_MAX_FRAME_BYTES",
     "CHAT_HISTORY_MAX_LENGTH",
     "CHAT_HISTORY_MAX_AGE",
@@ -37,6 +40,11 @@ SERVICE_SETTINGS = (
     "DJANGO_ALLOWED_HOSTS",
     "DJANGO_DEBUG",
 )
+
+# Redis' own spellings (redis.conf's "memory units"), and the policies a chat can
+# live with: the README's Redis memory section says why volatile-lru is the default.
+REDIS_MEMORY_PATTERN = re.compile(r"\d+(b|k|kb|m|mb|g|gb)?", re.IGNORECASE)
+REDIS_MAXMEMORY_POLICIES = ("volatile-lru", "noeviction")
 
 # After the drain, chatsite.serve allows this long for cleanup; supervisord then
 # waits as long again before it kills.
@@ -75,6 +83,20 @@ def int_setting(name, defaults, environ, minimum=1, maximum=65535):
     if not minimum <= number <= maximum:
         raise ClusterError(f"{name} must be between {minimum} and {maximum}, not {number}")
     return number
+
+
+def redis_memory_setting(defaults, environ):
+    value = setting("REDIS_MAXMEMORY", defaults, environ)
+    if not REDIS_MEMORY_PATTERN.fullmatch(value):
+        raise ClusterError(f"REDIS_MAXMEMORY must be a size such as 160mb, not {value!r}")
+    return value
+
+
+def choice_setting(name, choices, defaults, environ):
+    value = setting(name, defaults, environ)
+    if value not in choices:
+        raise ClusterError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def render(template_path, **values):
@@ -123,6 +145,12 @@ class ClusterConfig:
     lb_health_path: str
     metrics_path: str
     drain_seconds: int
+    # nginx's per-address limits on /ws/.
+    ws_connections_per_address: int
+    ws_handshakes_per_second: int
+    ws_handshake_burst: int
+    redis_maxmemory: str = "0"
+    redis_maxmemory_policy: str = "noeviction"
     # The SERVICE_SETTINGS that are set, passed on to every replica.
     service_settings: dict = field(default_factory=dict)
 
@@ -140,6 +168,20 @@ class ClusterConfig:
             lb_health_path=defaults["LB_HEALTH_PATH"],
             metrics_path=defaults["METRICS_PATH"],
             drain_seconds=int_setting("CHAT_DRAIN_SECONDS", defaults, environ, minimum=0),
+            # nginx refuses a limit_conn above 65535.
+            ws_connections_per_address=int_setting(
+                "LB_WS_CONNECTIONS_PER_ADDRESS", defaults, environ
+            ),
+            ws_handshakes_per_second=int_setting(
+                "LB_WS_HANDSHAKES_PER_SECOND", defaults, environ, maximum=1_000_000
+            ),
+            ws_handshake_burst=int_setting(
+                "LB_WS_HANDSHAKE_BURST", defaults, environ, minimum=0, maximum=1_000_000
+            ),
+            redis_maxmemory=redis_memory_setting(defaults, environ),
+            redis_maxmemory_policy=choice_setting(
+                "REDIS_MAXMEMORY_POLICY", REDIS_MAXMEMORY_POLICIES, defaults, environ
+            ),
             service_settings={
                 name: environ[name] for name in SERVICE_SETTINGS if environ.get(name)
             },
@@ -310,9 +352,17 @@ def rendered_files(config, programs, secret_key, run_as_root):
             upstream_servers=nginx_upstream_servers(config),
             # Workers of a root master would otherwise run as nobody.
             user_directive="user root;" if run_as_root else "",
+            ws_connections_per_address=config.ws_connections_per_address,
+            ws_handshakes_per_second=config.ws_handshakes_per_second,
+            ws_handshake_burst=config.ws_handshake_burst,
             **values,
         ),
-        "redis.conf": render(DEPLOY / "redis" / "redis.conf.template", **values),
+        "redis.conf": render(
+            DEPLOY / "redis" / "redis.conf.template",
+            redis_maxmemory=config.redis_maxmemory,
+            redis_maxmemory_policy=config.redis_maxmemory_policy,
+            **values,
+        ),
         "prometheus.yml": render(
             DEPLOY / "prometheus" / "prometheus.local.yml.template",
             metrics_path=config.metrics_path,

@@ -10,10 +10,21 @@ from prometheus_client import make_asgi_app
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .redis_clients import refuses_writes
 from .replica import current
 
 # A readiness probe must answer well within the prober's own timeout.
 REDIS_PING_TIMEOUT = 1.0
+# Readiness writes this key (per replica, short-lived) to learn whether Redis takes
+# writes: at maxmemory with nothing to evict it refuses them (README: Redis memory).
+WRITE_PROBE_KEY = "chat:readiness:{replica}"
+WRITE_PROBE_TTL_MS = 10_000
+
+REDIS_OK = "ok"
+# Reachable but out of memory: messages get `unavailable`. The replica stays ready:
+# every replica shares the one Redis, so failing them all would only empty the load
+# balancer, and joins and deliveries still work.
+REDIS_REFUSING_WRITES = "refusing writes (maxmemory)"
 
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
@@ -35,10 +46,9 @@ class ProbeEndpoints:
             await self.respond(send, 200, {"status": "ok", "replica": current().name})
         elif path == READINESS_PATH:
             replica = current()
-            redis = await redis_states(replica.redis_urls)
+            redis = await redis_states(replica.redis_urls, replica.name)
             draining = replica.draining  # after the pings: a drain begun meanwhile counts
-            ready = all(state == "ok" for state in redis.values()) and not draining
-            status = "draining" if draining else "ok" if ready else "unavailable"
+            ready, status = readiness(redis, draining)
             body = {"status": status, "replica": replica.name, "redis": redis}
             await self.respond(send, 200 if ready else 503, body)
         elif path == METRICS_PATH:
@@ -60,11 +70,23 @@ class ProbeEndpoints:
         return send_with_header
 
 
-async def redis_states(urls):
-    """Each Redis of the replica, by host:port, and whether it answers a PING."""
+def readiness(redis, draining):
+    """(ready, status) of a replica whose Redis are in the states `redis`."""
+    if draining:
+        return False, "draining"
+    if not all(state in (REDIS_OK, REDIS_REFUSING_WRITES) for state in redis.values()):
+        return False, "unavailable"
+    if REDIS_REFUSING_WRITES in redis.values():
+        return True, "refusing_writes"
+    return True, "ok"
+
+
+async def redis_states(urls, replica_name):
+    """Each Redis of the replica, by host:port: whether it answers and takes writes."""
     if not urls:
-        return {"memory": "ok"}
-    results = await asyncio.gather(*(ping(url) for url in urls))
+        return {"memory": REDIS_OK}
+    key = WRITE_PROBE_KEY.format(replica=replica_name)
+    results = await asyncio.gather(*(ping(url, key) for url in urls))
     return {redis_address(url): result for url, result in zip(urls, results, strict=True)}
 
 
@@ -74,14 +96,17 @@ def redis_address(url):
     return f"{parts.hostname}:{parts.port or 6379}"
 
 
-async def ping(url):
+async def ping(url, key):
     client = aioredis.Redis.from_url(
         url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
     )
     try:
         await client.ping()
-        return "ok"
+        await client.set(key, "1", px=WRITE_PROBE_TTL_MS)
+        return REDIS_OK
     except (RedisError, OSError) as error:
+        if refuses_writes(error):
+            return REDIS_REFUSING_WRITES
         return f"unreachable: {error.__class__.__name__}"
     finally:
         await client.aclose()

@@ -21,6 +21,9 @@ local epoch = redis.call('HGET', state, 'epoch')
 if not epoch then
   epoch = new_epoch
   redis.call('HSET', state, 'epoch', epoch)
+  -- The state went (evicted at maxmemory) while the history stayed: its ids are of
+  -- the epoch before, and XADD would refuse id 1 after them.
+  redis.call('DEL', stream)
 end
 local frame = head .. id .. middle .. epoch .. tail
 redis.call('XADD', stream, 'MAXLEN', max_length, id .. '-0', 'f', frame, 't', sent_at)

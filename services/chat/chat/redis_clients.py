@@ -13,6 +13,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 
 RETRIES = 2
 
@@ -31,3 +32,9 @@ def chat_redis(url, **options):
         ),
         **options,
     )
+
+
+def refuses_writes(error):
+    """Whether Redis refused a write for memory: at maxmemory with nothing it may evict
+    (README: Redis memory). Reads, SUBSCRIBE and PUBLISH still work then."""
+    return isinstance(error, OutOfMemoryError)
