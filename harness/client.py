@@ -16,7 +16,14 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from chat.protocol import CLOSE_TRY_AGAIN_LATER, GAP_NONE, RATE_LIMITED, SUBPROTOCOL
+from chat.protocol import (
+    CLOSE_TRY_AGAIN_LATER,
+    GAP_NONE,
+    PRESENCE,
+    PRESENCE_DIFF,
+    RATE_LIMITED,
+    SUBPROTOCOL,
+)
 
 from .ledger import Received
 
@@ -50,6 +57,20 @@ def chat_query(name=None, last_id=None, epoch=None):
     return f"?{urlencode(query)}" if query else ""
 
 
+def apply_presence(members, frame):
+    """Applies a presence snapshot or diff to `members` (id -> display name), as the
+    room page does: a diff adds and drops by id, so one applied twice changes
+    nothing. Returns the room's count."""
+    if frame["type"] == PRESENCE:
+        members.clear()
+        members.update((member["id"], member["name"]) for member in frame["members"])
+    else:
+        for member in frame["left"]:
+            members.pop(member, None)
+        members.update((member["id"], member["name"]) for member in frame["joined"])
+    return frame["count"]
+
+
 def message_frame(message, ref=None):
     return json.dumps({"message": message} if ref is None else {"message": message, "ref": ref})
 
@@ -60,7 +81,9 @@ class ChatClient:
     def __init__(self, socket, welcome):
         self.socket = socket
         self.welcome = welcome
-        self.members = None
+        self.members = {}  # id -> display name, from the presence frames
+        self.member_count = None  # the room's, from the latest presence frame
+        self.presence_frames = self.presence_bytes = 0
         self.replayed = []  # chat frames replayed on joining (async consumer)
         self.history = None  # the "history" frame that ended them
 
@@ -72,14 +95,21 @@ class ChatClient:
         await self.socket.send(message_frame(message, ref))
 
     async def receive(self, timeout=5):
-        """The next frame, presence updates aside (they follow every join and leave)."""
+        """The next frame, presence frames aside: they are applied to `members`."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
-            frame = json.loads(await asyncio.wait_for(self.socket.recv(), max(remaining, 0)))
-            if frame["type"] != "presence":
+            text = await asyncio.wait_for(self.socket.recv(), max(remaining, 0))
+            frame = json.loads(text)
+            if frame["type"] not in (PRESENCE, PRESENCE_DIFF):
                 return frame
-            self.members = frame["members"]
+            self.member_count = apply_presence(self.members, frame)
+            self.presence_frames += 1
+            self.presence_bytes += len(text.encode())
+
+    def names(self):
+        """The display names of `members`, sorted, once per connection."""
+        return sorted(self.members.values())
 
     async def receive_chat(self, timeout=5):
         frame = await self.receive(timeout)
@@ -274,7 +304,7 @@ class ResumingClient:
                 frame["rate_limit"] * PACE_SHARE_OF_RATE,
                 max(int(frame["rate_burst"] * PACE_SHARE_OF_BURST), 1),
             )
-        elif kind != "presence":
+        elif kind not in (PRESENCE, PRESENCE_DIFF):
             self.unknown_frames += 1
 
     def on_history(self, frame, socket, now):

@@ -26,6 +26,7 @@ CATCH_UP_MAX_DELAY = 5
 class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
     consumer_kind = "async"
     recovers_history = True
+    keeps_presence = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -90,8 +91,10 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         presence = self.replica.presence
         try:
             await self.replica.start_maintenance()
-            members = await presence.join(self.room_name, self.channel_name, self.name)
-            await presence.announce(self.room_name, members)
+            # The list once, to the joiner; the room hears a diff (chat.presence).
+            snapshot = await presence.join(self.room_name, self.channel_name, self.name)
+            if self.subprotocol:
+                await self.send(text_data=snapshot)
         except LAYER_ERRORS as error:
             self.log_layer_error("presence_join", error)
 
@@ -112,8 +115,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             try:
                 await self.channel_layer.group_discard(self.room_group_name, self.channel_name)
                 if was_joined:
-                    members = await presence.leave(self.room_name, self.channel_name)
-                    await presence.announce(self.room_name, members)
+                    await presence.leave(self.room_name, self.channel_name)
             except LAYER_ERRORS as error:
                 self.log_layer_error("group_discard", error)
 
@@ -166,8 +168,17 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
 
     async def presence_update(self, event):
         # The tutorial's client prints every frame's "message": chat.v1 clients only.
-        if self.subprotocol:
-            await self.send(text_data=event["frame"])
+        if not self.subprotocol:
+            return
+        frame = event.get("frame")
+        if frame is None:  # asked for after a Redis outage: this client's own snapshot
+            try:
+                presence = self.replica.presence
+                frame = await presence.snapshot_frame(self.room_name, self.channel_name, self.name)
+            except LAYER_ERRORS as error:
+                self.log_layer_error("presence_snapshot", error)
+                return
+        await self.send(text_data=frame)
 
     # Recovery
 

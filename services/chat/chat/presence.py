@@ -1,16 +1,29 @@
-"""Who is in each room, across replicas, and announcing it to the room.
+"""Who is in each room, across replicas, and announcing it to the room as diffs.
 
 Redis keeps, for each room, a hash of its connections (channel name -> display
 name and replica instance), on the Redis that carries the room's group
-(chat.channel_layer.shard_of). Each live replica instance refreshes a key on every
-Redis that expires after CHAT_PRESENCE_TTL seconds (default 15). A replica that
-dies stops refreshing; the next sweep of any replica with members in the same room
-then drops the dead instance's entries and tells the room, so a ghost lasts at most
-the TTL plus one sweep interval. A replica restarted under the same CHAT_REPLICA_ID
-is a new instance: its predecessor's entries expire all the same.
+(chat.channel_layer.shard_of). A client is sent the room's list once, when it
+joins (a "presence" snapshot, at most CHAT_PRESENCE_MAX_LISTED members and the
+count); after that the room hears only who joined and left ("presence_diff"),
+so filling a room of N costs each member O(N) bytes, not O(N²).
 
-The heartbeat also tells a replica that Redis lost its data (the key is gone).
-chat.replica runs the heartbeat and the sweeps, and restores what Redis lost.
+Each replica batches its rooms' joins and leaves: a room's first change is
+announced at once, later ones at most once per CHAT_PRESENCE_COALESCE_MS, merged
+into one diff. A batch is written to the hash and published in one script
+(presence.lua), so the hash and what the room heard agree, and a diff's count is
+the room's at that point in Redis' order. A batch Redis does not take is kept and
+tried again. A joiner reads the hash after subscribing to the room: a diff
+published meanwhile reaches it after its snapshot, and applying a diff twice
+changes nothing (ids are added and dropped as a set).
+
+Each live replica instance refreshes a key on every Redis that expires after
+CHAT_PRESENCE_TTL seconds (default 15). A replica that dies stops refreshing; the
+next sweep of any replica with members in the same room then drops the dead
+instance's entries with a diff, so a ghost lasts at most the TTL plus one sweep
+interval. A replica restarted under the same CHAT_REPLICA_ID is a new instance:
+its predecessor's entries expire all the same. The heartbeat also tells a replica
+that Redis lost its data (the key is gone); chat.replica then restores its
+connections (announced as joins) and has each client sent a fresh snapshot.
 
 With the in-memory channel layer (one process: tests, runserver) the same
 interface is kept in a dict.
@@ -18,47 +31,153 @@ interface is kept in a dict.
 
 import asyncio
 import json
+import logging
 import uuid
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from .channel_layer import shard_of
-from .protocol import presence_event, room_group_name
+from .channel_layer import LAYER_ERRORS, ChatChannelLayer, shard_of
+from .protocol import (
+    member_id,
+    presence_diff_frame,
+    presence_diff_parts,
+    presence_event,
+    presence_frame,
+    room_group_name,
+)
 from .redis_clients import chat_redis
+
+logger = logging.getLogger(__name__)
+
+FLUSH_SCRIPT = (Path(__file__).parent / "presence.lua").read_text()
+# A batch Redis did not take is tried again after this long, doubling.
+RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 5.0
+
+
+@dataclass
+class Changes:
+    """The joins and leaves of one room that this replica has not announced yet."""
+
+    joined: dict = field(default_factory=dict)  # channel -> display name
+    left: set = field(default_factory=set)  # channels
+
+    def join(self, channel, name):
+        self.left.discard(channel)
+        self.joined[channel] = name
+
+    def leave(self, channel):
+        # Announced even when its join was not: a joiner's snapshot may list it.
+        self.joined.pop(channel, None)
+        self.left.add(channel)
+
+    def then(self, newer):
+        """These changes followed by `newer`, as one batch."""
+        merged = Changes(dict(self.joined), set(self.left))
+        for channel in newer.left:
+            merged.leave(channel)
+        for channel, name in newer.joined.items():
+            merged.join(channel, name)
+        return merged
+
+    def diff(self):
+        """The frame's joined (id, name) pairs and left ids."""
+        joined = [(member_id(channel), name) for channel, name in self.joined.items()]
+        return joined, [member_id(channel) for channel in self.left]
 
 
 class Presence:
-    """What both kinds share: telling a room who is in it."""
+    """What both kinds share: batching a room's changes and sending snapshots."""
 
-    def __init__(self, channel_layer):
+    def __init__(self, channel_layer, max_listed, coalesce_seconds):
         self.channel_layer = channel_layer
+        self.max_listed = max_listed
+        self.coalesce_seconds = coalesce_seconds
+        self.pending = {}  # room -> Changes not announced yet
+        self.flushers = {}  # room -> the task announcing them
+        self.local_rooms = Counter()  # room -> connections on this replica
 
-    async def announce(self, room, members=None):
-        """Tells every member of the room, on every replica, who is in it."""
-        if members is None:
-            members = await self.members(room)
-        await self.channel_layer.group_send(room_group_name(room), presence_event(members))
+    async def join(self, room, channel, name):
+        """Records a connection, announced with the room's next diff; returns the
+        snapshot frame for the joiner itself."""
+        self.local_rooms[room] += 1
+        self.queue(room).join(channel, name)
+        return await self.snapshot_frame(room, channel, name)
+
+    async def leave(self, room, channel):
+        self.local_rooms[room] -= 1
+        if self.local_rooms[room] <= 0:
+            del self.local_rooms[room]
+        self.queue(room).leave(channel)
+
+    def restore(self, room, channel, name):
+        """After a Redis outage: puts a connection back, announced as a join."""
+        self.queue(room).join(channel, name)
+
+    async def snapshot_frame(self, room, channel, name):
+        """The room's list for one of its connections, which is in it even if its
+        own join is not written yet."""
+        members, count, written = await self.read(room, channel)
+        if not written:
+            members.append((member_id(channel), name))
+            count += 1
+        members.sort(key=lambda member: (member[1], member[0]))
+        return presence_frame(members[: self.max_listed], count)
+
+    async def ask_for_snapshot(self, consumer):
+        """After an outage: has a consumer send its client a new snapshot, through its
+        own queue, so that the diffs waiting there come before it."""
+        await self.channel_layer.send(consumer.channel_name, presence_event())
+
+    def queue(self, room):
+        changes = self.pending.setdefault(room, Changes())
+        if room not in self.flushers:
+            loop = asyncio.get_running_loop()
+            self.flushers[room] = loop.create_task(self.flush_room(room))
+        return changes
+
+    async def flush_room(self, room):
+        """Announces a room's changes at once, then at most once per coalescing
+        interval while more come."""
+        delay = self.coalesce_seconds
+        try:
+            while room in self.pending:
+                changes = self.pending.pop(room)
+                try:
+                    await self.apply(room, changes)
+                    delay = self.coalesce_seconds
+                except LAYER_ERRORS as error:
+                    # Kept, ahead of what came since: nothing is announced out of order.
+                    logger.warning("presence of %s not announced: %r", room, error)
+                    newer = self.pending.get(room)
+                    self.pending[room] = changes.then(newer) if newer else changes
+                    delay = min(max(delay * 2, RETRY_FIRST_DELAY), RETRY_MAX_DELAY)
+                await asyncio.sleep(delay)
+        finally:
+            self.flushers.pop(room, None)
 
 
 class MemoryPresence(Presence):
     sweep_interval = 5.0  # nothing to sweep: one process
 
-    def __init__(self, channel_layer):
-        super().__init__(channel_layer)
-        self.rooms = {}
+    def __init__(self, channel_layer, max_listed, coalesce_seconds):
+        super().__init__(channel_layer, max_listed, coalesce_seconds)
+        self.rooms = {}  # room -> {channel: name}
 
-    async def join(self, room, channel, name):
-        await self.restore(room, channel, name)
-        return await self.members(room)
+    async def read(self, room, channel):
+        entries = self.rooms.get(room, {})
+        members = [(member_id(other), name) for other, name in entries.items()]
+        return members, len(entries), channel in entries
 
-    async def restore(self, room, channel, name):
-        self.rooms.setdefault(room, {})[channel] = name
-
-    async def leave(self, room, channel):
-        self.rooms.get(room, {}).pop(channel, None)
-        return await self.members(room)
-
-    async def members(self, room):
-        return sorted(self.rooms.get(room, {}).values())
+    async def apply(self, room, changes):
+        entries = self.rooms.setdefault(room, {})
+        entries.update(changes.joined)
+        for channel in changes.left:
+            entries.pop(channel, None)
+        if not entries:
+            del self.rooms[room]
+        frame = presence_diff_frame(*changes.diff(), len(entries))
+        await self.channel_layer.group_send(room_group_name(room), presence_event(frame))
 
     async def heartbeat(self):
         return True
@@ -68,13 +187,15 @@ class MemoryPresence(Presence):
 
 
 class RedisPresence(Presence):
-    def __init__(self, channel_layer, urls, replica, ttl):
-        super().__init__(channel_layer)
+    def __init__(self, channel_layer, urls, replica, ttl, max_listed, coalesce_seconds):
+        super().__init__(channel_layer, max_listed, coalesce_seconds)
         self.clients = [chat_redis(url, decode_responses=True) for url in urls]
         self.instance = f"{replica}/{uuid.uuid4().hex[:8]}"  # this process, not the name
         self.ttl = ttl
         self.sweep_interval = ttl / 3
-        self.local_rooms = Counter()  # room -> connections on this replica
+        self.script = None
+        # The script publishes on the pub/sub layer; other layers get a group_send.
+        self.publishes_in_script = isinstance(channel_layer, ChatChannelLayer)
 
     def client_for(self, room):
         return self.clients[self.shard_of(room)]
@@ -90,25 +211,44 @@ class RedisPresence(Presence):
     def instance_key(instance):
         return f"chat:replica:{instance}"
 
-    async def join(self, room, channel, name):
-        self.local_rooms[room] += 1
-        await self.restore(room, channel, name)
-        return await self.members(room)
+    async def read(self, room, channel):
+        """Up to about max_listed of the room's members (all, in a small room), the
+        count, and whether `channel` is written."""
+        client, key = self.client_for(room), self.room_key(room)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hlen(key)
+            pipe.hexists(key, channel)
+            count, written = await pipe.execute()
+        entries, cursor = {}, 0
+        while self.max_listed:
+            cursor, batch = await client.hscan(key, cursor, count=self.max_listed)
+            entries.update(batch)
+            if cursor == 0 or len(entries) >= self.max_listed:
+                break
+        members = [
+            (member_id(other), json.loads(entry)["name"]) for other, entry in entries.items()
+        ]
+        return members, count, bool(written)
 
-    async def restore(self, room, channel, name):
-        entry = json.dumps({"name": name, "replica": self.instance})
-        await self.client_for(room).hset(self.room_key(room), channel, entry)
-
-    async def leave(self, room, channel):
-        self.local_rooms[room] -= 1
-        if self.local_rooms[room] <= 0:
-            del self.local_rooms[room]
-        await self.client_for(room).hdel(self.room_key(room), channel)
-        return await self.members(room)
-
-    async def members(self, room):
-        entries = await self.client_for(room).hgetall(self.room_key(room))
-        return sorted(json.loads(entry)["name"] for entry in entries.values())
+    async def apply(self, room, changes):
+        client = self.client_for(room)
+        if self.script is None:
+            self.script = client.register_script(FLUSH_SCRIPT)
+        group = room_group_name(room)
+        head, tail = presence_diff_parts(*changes.diff())
+        entries = [
+            item
+            for channel, name in changes.joined.items()
+            for item in (channel, json.dumps({"name": name, "replica": self.instance}))
+        ]
+        channel = self.channel_layer.group_channel(group) if self.publishes_in_script else ""
+        count = await self.script(
+            keys=[self.room_key(room)],
+            args=[head, tail, channel, len(changes.joined), *entries, *changes.left],
+            client=client,
+        )
+        if not self.publishes_in_script:
+            await self.channel_layer.group_send(group, presence_event(f"{head}{count}{tail}"))
 
     async def heartbeat(self):
         """Refreshes this instance's key on every Redis, each whatever the others do (a
@@ -125,17 +265,22 @@ class RedisPresence(Presence):
         return all(previous is not None for previous in results)
 
     async def sweep(self):
-        """Drops the entries of replicas whose heartbeat expired; returns the rooms
-        changed. Three round trips per Redis, however many rooms this replica serves."""
+        """Queues the leaves of replicas whose heartbeat expired; returns the rooms
+        changed. Two round trips per Redis, however many rooms this replica serves."""
         rooms_of_shard = defaultdict(list)
         for room in self.local_rooms:
             rooms_of_shard[self.shard_of(room)].append(room)
         changed = []
         for shard, rooms in rooms_of_shard.items():
-            changed += await self.sweep_shard(self.clients[shard], rooms)
+            gone = await self.dead_entries(self.clients[shard], rooms)
+            for room, channels in gone.items():
+                for channel in channels:
+                    self.queue(room).leave(channel)
+            changed += gone
         return changed
 
-    async def sweep_shard(self, client, rooms):
+    async def dead_entries(self, client, rooms):
+        """room -> the channels in it of instances whose heartbeat expired."""
         async with client.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hgetall(self.room_key(room))
@@ -146,17 +291,11 @@ class RedisPresence(Presence):
         }
         instances = sorted({instance for room in replica_of.values() for instance in room.values()})
         if not instances:
-            return []
+            return {}
         beats = await client.mget([self.instance_key(instance) for instance in instances])
         dead = {instance for instance, beat in zip(instances, beats, strict=True) if beat is None}
         gone = {
             room: [channel for channel, instance in channels.items() if instance in dead]
             for room, channels in replica_of.items()
         }
-        gone = {room: channels for room, channels in gone.items() if channels}
-        if gone:
-            async with client.pipeline(transaction=False) as pipe:
-                for room, channels in gone.items():
-                    pipe.hdel(self.room_key(room), *channels)
-                await pipe.execute()
-        return list(gone)
+        return {room: channels for room, channels in gone.items() if channels}

@@ -17,6 +17,7 @@ from . import metrics
 from .channel_layer import LAYER_ERRORS
 from .history import MemoryHistory, RedisHistory
 from .presence import MemoryPresence, RedisPresence
+from .redis_clients import refuses_writes
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,23 @@ class Replica:
             settings.CHAT_HISTORY_MAX_AGE,
             settings.CHAT_HISTORY_ON_JOIN,
         )
+        presence_limits = (
+            settings.CHAT_PRESENCE_MAX_LISTED,
+            settings.CHAT_PRESENCE_COALESCE_MS / 1000,
+        )
         if settings.CHAT_CHANNEL_LAYER == "memory":
             history = MemoryHistory(channel_layer, *history_limits)
-            presence = MemoryPresence(channel_layer)
+            presence = MemoryPresence(channel_layer, *presence_limits)
             redis_urls = []
         else:
             redis_urls = settings.REDIS_URLS
             history = RedisHistory(channel_layer, redis_urls, *history_limits)
             presence = RedisPresence(
-                channel_layer, redis_urls, settings.CHAT_REPLICA_ID, settings.CHAT_PRESENCE_TTL
+                channel_layer,
+                redis_urls,
+                settings.CHAT_REPLICA_ID,
+                settings.CHAT_PRESENCE_TTL,
+                *presence_limits,
             )
         return cls(
             settings.CHAT_REPLICA_ID,
@@ -119,11 +128,12 @@ class Replica:
                     await self.redis_recovered()
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + sweep_interval
-                    for room in await self.presence.sweep():
-                        await self.presence.announce(room)
+                    await self.presence.sweep()  # announces the leaves it finds
             except (RedisError, OSError) as error:
+                if refuses_writes(error):
+                    metrics.redis_writes_refused.labels("heartbeat").inc()
                 if self.redis_healthy:
-                    logger.warning("Redis unreachable: %r", error)
+                    logger.warning("Redis unreachable or full: %r", error)
                 self.redis_healthy = False
 
     async def redis_recovered(self):
@@ -140,9 +150,8 @@ class Replica:
                 # layer's subscriptions are renewed by redis-py on reconnect; this is
                 # then a no-op.
                 await self.channel_layer.group_add(consumer.room_group_name, consumer.channel_name)
-                await self.presence.restore(
-                    consumer.room_name, consumer.channel_name, consumer.name
-                )
+                if consumer.keeps_presence:
+                    self.presence.restore(consumer.room_name, consumer.channel_name, consumer.name)
             except LAYER_ERRORS as error:
                 logger.warning("restoring %s failed: %r", consumer.channel_name, error)
 
@@ -151,7 +160,13 @@ class Replica:
             # already waiting there, which may be of the epoch before the restart.
             await self.channel_layer.send(consumer.channel_name, {"type": "history.catch_up"})
 
-        steps = [(f"presence of {room}", self.presence.announce, room) for room in rooms]
+        # Diffs published while this replica could not hear them are lost: each of
+        # its clients is sent a new snapshot, after what waits in its queue.
+        steps = [
+            (f"presence of {consumer.channel_name}", self.presence.ask_for_snapshot, consumer)
+            for consumer in consumers
+            if consumer.keeps_presence
+        ]
         steps += [
             (f"catch-up of {consumer.channel_name}", ask_to_catch_up, consumer)
             for consumer in consumers

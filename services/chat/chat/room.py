@@ -10,6 +10,7 @@ from django.conf import settings
 from . import metrics, protocol
 from .channel_layer import LAYER_ERRORS, release_channel
 from .limits import TokenBucket
+from .redis_clients import refuses_writes
 from .replica import DRAINING, current
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ class RoomMember:
 
     consumer_kind = None
     recovers_history = False  # answers "history.catch_up" after a Redis outage
+    keeps_presence = False  # in the room's presence, and answers "presence.update"
     room_name = None
     room_group_name = None
     joined = False
@@ -76,6 +78,8 @@ class RoomMember:
     def log_layer_error(self, action, error):
         logger.warning("%s failed for %s: %r", action, self.room_group_name, error)
         metrics.errors.labels(f"{action}_failed").inc()
+        if refuses_writes(error):
+            metrics.redis_writes_refused.labels(action).inc()
 
     def count_join(self):
         self.joined = True

@@ -163,6 +163,10 @@ CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 65536)
 
 # Seconds after which the people of a replica that died leave the presence lists.
 CHAT_PRESENCE_TTL = env_int("CHAT_PRESENCE_TTL", 15, minimum=3)
+# Presence in large rooms: a joiner's snapshot lists at most this many members (and
+# the count); each replica sends a room at most one diff per interval, a burst merged.
+CHAT_PRESENCE_MAX_LISTED = env_int("CHAT_PRESENCE_MAX_LISTED", 100, minimum=0)
+CHAT_PRESENCE_COALESCE_MS = env_int("CHAT_PRESENCE_COALESCE_MS", 200, minimum=0)
 
 # History each room keeps in Redis, for new joiners and for clients that resume.
 CHAT_HISTORY_MAX_LENGTH = env_int("CHAT_HISTORY_MAX_LENGTH", 1000)

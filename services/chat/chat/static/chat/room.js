@@ -101,6 +101,30 @@ function showHistory(data) {
     }
 }
 
+// Who is in the room, by connection id (two tabs of one name are two members): a
+// snapshot on joining, then diffs, applied by id so that one applied twice changes
+// nothing. A large room's snapshot lists only some members; the count is everyone.
+const members = new Map();
+
+function showPresence(data) {
+    if (data.type === 'presence') {
+        members.clear();
+        data.members.forEach(function(member) { members.set(member.id, member.name); });
+    } else {
+        data.left.forEach(function(id) { members.delete(id); });
+        data.joined.forEach(function(member) { members.set(member.id, member.name); });
+    }
+    const names = Array.from(members.values()).sort();
+    document.querySelector('#presence').replaceChildren(...names.map(function(name) {
+        const item = document.createElement('li');
+        item.textContent = name;
+        return item;
+    }));
+    document.querySelector('#presence-count').textContent = data.count;
+    const more = data.count - names.length;
+    document.querySelector('#presence-more').textContent = more > 0 ? 'and ' + more + ' more' : '';
+}
+
 function showPending() {
     const list = document.querySelector('#chat-pending');
     list.replaceChildren(...Array.from(outbox.values(), function(entry) {
@@ -167,13 +191,8 @@ function connect() {
             if (settle(data)) {
                 errorLine.textContent = '';
             }
-        } else if (data.type === 'presence') {
-            const list = document.querySelector('#presence');
-            list.replaceChildren(...data.members.map(function(name) {
-                const item = document.createElement('li');
-                item.textContent = name;
-                return item;
-            }));
+        } else if (data.type === 'presence' || data.type === 'presence_diff') {
+            showPresence(data);
         } else if (data.type === 'error') {
             if (data.ref && Object.hasOwn(RETRY_MS, data.code)) {
                 // Not sent: kept, and sent again shortly.
