@@ -15,6 +15,14 @@ from .processes import pid_alive
 
 CLUSTER_SCRIPT = ROOT / "deploy" / "local" / "cluster.py"
 HOST = "127.0.0.1"
+# Every client of the tests and load tests comes from 127.0.0.1: nginx's per-address
+# WebSocket limits (deploy/defaults.env's LB_WS_*) are raised out of their way, near
+# nginx's maxima. A cluster's own settings override them (tests/integration/test_edge.py).
+LOOPBACK_EDGE_LIMITS = {
+    "LB_WS_CONNECTIONS_PER_ADDRESS": "65535",
+    "LB_WS_HANDSHAKES_PER_SECOND": "100000",
+    "LB_WS_HANDSHAKE_BURST": "100000",
+}
 
 
 def free_port_block(count):
@@ -60,6 +68,7 @@ class LocalCluster:
             "REDIS_PORT": str(self.redis_port),
             "CHAT_PORT": str(self.chat_port),
             "PROMETHEUS_PORT": str(self.prometheus_port),
+            **LOOPBACK_EDGE_LIMITS,
             **self.settings,
         }
 
