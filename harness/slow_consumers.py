@@ -6,7 +6,9 @@ asserts them."""
 
 import asyncio
 import json
+import re
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 from websockets.exceptions import ConnectionClosed
@@ -38,6 +40,7 @@ class Outcome:
     rss_kb_peak: dict = field(default_factory=dict)
     rss_kb_end: dict = field(default_factory=dict)
     slow_closes: dict = field(default_factory=dict)  # close code -> sockets
+    closed_for: dict = field(default_factory=dict)  # the replicas' count, by reason
     slow_last_ids: list = field(default_factory=list)
     resumed_missing: int | None = None  # ids a resuming slow client was not replayed
     resumed_extra: int | None = None  # ids it was replayed that it already had
@@ -46,6 +49,35 @@ class Outcome:
         return {
             name: round((kb - self.rss_kb_start[name]) / 1024, 1) for name, kb in sample.items()
         }
+
+
+SLOW_CLOSES = re.compile(
+    r'^chat_slow_consumer_disconnects_total\{reason="(\w+)"\} (\S+)$', re.MULTILINE
+)
+
+
+def slow_closes_counted(cluster):
+    """Slow-consumer closes the replicas have counted, by reason, from their /metrics."""
+    counted = {}
+    for number in range(1, cluster.replicas + 1):
+        url = f"http://127.0.0.1:{cluster.replica_port(number)}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        for reason, value in SLOW_CLOSES.findall(text):
+            counted[reason] = counted.get(reason, 0) + int(float(value))
+    return counted
+
+
+async def resume_when_closed(cluster, slow, deadline):
+    """Lets the slow sockets read again once the servers have closed them all (so that
+    they read the close within the server's patience), or when the sending ends."""
+    while time.monotonic() < deadline:
+        if sum((await asyncio.to_thread(slow_closes_counted, cluster)).values()) >= len(slow):
+            break
+        await asyncio.sleep(0.5)
+    for client in slow:
+        client.socket.transport.resume_reading()
+    return await asyncio.gather(*(last_seen_and_close(client) for client in slow))
 
 
 def replica_rss(pids):
@@ -105,6 +137,7 @@ async def run(cluster, scenario, replica_pids, sample_every=0.5):
     sending = [
         asyncio.create_task(send_steadily(client, scenario, deadline, sent)) for client in readers
     ]
+    slow_ends = asyncio.create_task(resume_when_closed(cluster, slow, deadline))
     peak = dict(outcome.rss_kb_start)
     while not all(task.done() for task in sending):
         await asyncio.sleep(sample_every)
@@ -120,13 +153,12 @@ async def run(cluster, scenario, replica_pids, sample_every=0.5):
         await asyncio.sleep(0.2)
     outcome.received_min = min(counts)
 
-    for client in slow:
-        client.socket.transport.resume_reading()
-    ends = await asyncio.gather(*(last_seen_and_close(client) for client in slow))
+    ends = await slow_ends
     for code, last in ends:
         outcome.slow_closes[code] = outcome.slow_closes.get(code, 0) + 1
         outcome.slow_last_ids.append(last)
     outcome.rss_kb_end = replica_rss(replica_pids)
+    outcome.closed_for = slow_closes_counted(cluster)
     await resume_one(cluster, scenario, ends, outcome)
     for client in readers:
         await client.close()

@@ -59,6 +59,7 @@ def report(outcome, scenario, settings):
     )
     print(markdown_table(["replica", "RSS MB start", "peak", "end", "peak growth MB"], rows))
     print(f"slow sockets' ends (close code: sockets): {outcome.slow_closes}")
+    print(f"closed as slow consumers, by what was exceeded: {outcome.closed_for}")
     print(
         f"a slow client resuming: missing {outcome.resumed_missing}, "
         f"sent again {outcome.resumed_extra}"

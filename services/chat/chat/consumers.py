@@ -15,7 +15,7 @@ from django.conf import settings
 from . import metrics, protocol
 from .channel_layer import LAYER_ERRORS
 from .recovery import Action, Cursor
-from .room import RoomMember
+from .room import WRITE_FLOW, RoomMember
 
 # A gap the history could not fill at once is retried: 0.2 s, doubling to 5 s, ~1 min.
 CATCH_UP_ATTEMPTS = 15
@@ -34,6 +34,21 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         # Live delivery and catch_up() both send from the history; one at a time.
         self.delivery_lock = asyncio.Lock()
         self.catch_up_task = None
+
+    @property
+    def write_flow(self):
+        return (self.scope.get("extensions") or {}).get(WRITE_FLOW)
+
+    async def send_in_turn(self, frame):
+        """Sends a chat frame once the socket can take it, so that a client's pace holds
+        back its own deliveries (a slow one's wait in its bounded queue from Redis);
+        False if the connection closed first (past CHAT_SEND_TIMEOUT, 4008)."""
+        write_flow = self.write_flow
+        waiting = write_flow.writable() if write_flow is not None else None
+        if waiting is not None and not await waiting:
+            return False
+        await self.send(text_data=frame)
+        return True
 
     async def send(self, text_data=None, bytes_data=None, close=False):
         # Daphne (autobahn) raises Disconnected on a send to a socket whose client has
@@ -155,14 +170,19 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
                     # catch-up sends this message too, after the missing ones.
                     self.schedule_catch_up()
                     return
-                await self.send_frames(missed)
+                if not await self.send_frames(missed):
+                    return
             # Send message to WebSocket
-            await self.send(text_data=event["frame"])
+            if not await self.send_in_turn(event["frame"]):
+                return
             self.cursor.sent(event["id"])
         self.count_delivery(event)
 
     async def channel_overflow(self, event):
         """Sent by the channel layer when this consumer's queue passed its bound."""
+        if self.write_flow is not None:
+            self.write_flow.close_slow_consumer("queue")  # counts it, unless closing
+            return
         metrics.slow_consumer_disconnects.labels("queue").inc()
         await self.close(code=protocol.CLOSE_SLOW_CONSUMER)
 
@@ -183,10 +203,13 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
     # Recovery
 
     async def send_frames(self, frames):
+        """Sends frames of the history in turn; False if the connection closed first."""
         for message_id, frame in frames:
-            await self.send(text_data=frame)
+            if not await self.send_in_turn(frame):
+                return False
             self.cursor.sent(message_id)
-        metrics.messages_replayed.inc(len(frames))
+            metrics.messages_replayed.inc()
+        return True
 
     async def send_replay(self, replay):
         frames = self.cursor.start(replay)

@@ -15,6 +15,12 @@ from .replica import DRAINING, current
 
 logger = logging.getLogger(__name__)
 
+# The scope extension through which the server (chatsite.serve) tells a consumer
+# when its socket can take more: writable() is None, or a future of True once the
+# write buffer drained and False if the connection closes first; and through which
+# the consumer closes a slow consumer: close_slow_consumer(reason), counted once.
+WRITE_FLOW = "chat.write_flow"
+
 
 class RoomMember:
     """Mixed into a WebsocketConsumer: one member of one room."""

@@ -20,9 +20,13 @@ Daphne writes every frame at once, and Twisted would buffer them without end. Th
 protocol registers as its socket's producer, so Twisted says when the write buffer
 passes its high-water mark (64 KiB) and when it has drained. Past CHAT_MAX_SEND_BUFFER
 bytes written while it is full, or CHAT_SEND_TIMEOUT seconds full, the socket is
-closed with 4008 (slow consumer); the client resumes from its last id.
+closed with 4008 (slow consumer); the client resumes from its last id. The protocol
+is also the scope's WRITE_FLOW extension: the chat consumer waits for the buffer to
+drain before each chat frame, so that a replay goes at the client's pace, and a
+slow client's messages wait in its queue from Redis, which is bounded too.
 """
 
+import asyncio
 import logging
 import os
 import signal
@@ -36,6 +40,7 @@ from twisted.internet import reactor
 
 from chat import metrics, protocol
 from chat.replica import current
+from chat.room import WRITE_FLOW
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -53,6 +58,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
 
     def onOpen(self):
         super().onOpen()
+        self.drain_waiters = []
         # The HTTP channel that took the upgrade request is still the producer, and
         # would stop reading the socket when the buffer fills: this one only counts.
         self.transport.unregisterProducer()
@@ -61,6 +67,8 @@ class ChatWebSocketProtocol(WebSocketProtocol):
     # IPushProducer: Twisted calls these as the socket's write buffer fills and drains.
 
     def pauseProducing(self):
+        if self.full_since is not None:
+            return  # Twisted calls it again on every write while the buffer is full
         self.full_since = reactor.seconds()
         self.bytes_while_full = 0
         self.full_timeout = reactor.callLater(
@@ -72,11 +80,34 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         if self.full_timeout is not None and self.full_timeout.active():
             self.full_timeout.cancel()
         self.full_timeout = None
+        self.wake_writers(True)
 
     def stopProducing(self):
+        self.wake_writers(False)
         self.resumeProducing()
 
+    # The write flow the consumer sees (the scope's WRITE_FLOW extension).
+
+    def writable(self):
+        """None if a frame can be written now, else a future: True once the write
+        buffer has drained, False if the connection closes first."""
+        if self.full_since is None:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.drain_waiters.append(waiter)
+        else:
+            waiter.set_result(False)
+        return waiter
+
+    def wake_writers(self, drained):
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(drained)
+
     def sendMessage(self, payload, *args, **kwargs):
+        # Frames the consumer did not hold back (presence, errors, the sync consumer's).
         if self.full_since is not None:
             self.bytes_while_full += len(payload)
             if self.bytes_while_full > settings.CHAT_MAX_SEND_BUFFER:
@@ -84,15 +115,18 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         super().sendMessage(payload, *args, **kwargs)
 
     def close_slow_consumer(self, reason):
+        """Closes with 4008 and counts why, once: later reasons find it closing."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
         metrics.slow_consumer_disconnects.labels(reason).inc()
-        # The close frame waits behind what the client has not read: it gets as long
-        # to read them as it had for the rest, then the connection is dropped.
-        self.closeHandshakeTimeout = settings.CHAT_SEND_TIMEOUT
         self.serverClose(code=protocol.CLOSE_SLOW_CONSUMER)
+        self.wake_writers(False)
 
     def serverClose(self, code=None):
+        if code == protocol.CLOSE_SLOW_CONSUMER:
+            # The close frame waits behind what the client has not read: it gets as
+            # long to read them as it had for the rest, then the connection is dropped.
+            self.closeHandshakeTimeout = settings.CHAT_SEND_TIMEOUT
         # autobahn's sendClose() takes only 1000 and 3000-4999, and raises on the
         # codes RFC 6455's registry gives servers: 1012 (restart) and 1013 (try
         # again later). Its sendCloseFrame() sends any code.
@@ -128,6 +162,12 @@ class DrainingServer(Server):
         # A protocol violation, such as a frame over the size limit, is answered with
         # its close code (1009) rather than a dropped TCP connection (1006).
         self.ws_factory.setProtocolOptions(failByDrop=False)
+
+    def create_application(self, protocol, scope):
+        if isinstance(protocol, ChatWebSocketProtocol):
+            extensions = {**(scope.get("extensions") or {}), WRITE_FLOW: protocol}
+            scope = {**scope, "extensions": extensions}
+        return super().create_application(protocol, scope)
 
     def listen_success(self, port):
         self.ports.append(port)

@@ -222,7 +222,7 @@ function connect() {
             // The replica is draining: others are up, resume on one of them now.
             delay = Math.random() * backoff.restartJitter;
         } else {
-            // Lost, or refused (1013: try again later): back off.
+            // Lost, refused (1013: try again later) or too slow to read (4008): back off.
             delay = Math.random() * Math.min(backoff.max, backoff.initial * 2 ** backoff.attempt);
             backoff.attempt += 1;
         }

@@ -1,0 +1,47 @@
+"""Clients that stop reading in a busy room, through nginx on a real cluster: the
+replicas' memory stays bounded, the slow sockets are closed with 4008, everyone else
+gets everything, and a slow client that resumes loses nothing."""
+
+import pytest
+
+from chat.protocol import CLOSE_SLOW_CONSUMER
+from harness import slow_consumers
+
+from .conftest import start_cluster
+
+SCENARIO = slow_consumers.Scenario(slow=10, senders=10, rate=20, message_bytes=16000, seconds=20)
+# Per replica: 5 slow sockets, each holding at most about CHAT_MAX_SEND_BUFFER (1 MiB)
+# in its queue plus Twisted's 64 KiB; unbounded, this run grows each replica by more
+# than 100 MB (loadtests/slow_consumers.py --unbounded).
+RSS_GROWTH_LIMIT_MB = 30
+
+
+@pytest.fixture(scope="module")
+def busy_cluster(tmp_path_factory):
+    cluster = start_cluster(
+        tmp_path_factory,
+        "slow-consumers",
+        replicas=2,
+        CHAT_RATE_LIMIT=str(SCENARIO.rate + 5),
+        CHAT_MAX_MESSAGE_BYTES=str(SCENARIO.message_bytes + 200),
+        CHAT_HISTORY_MAX_LENGTH="100000",
+    )
+    yield cluster
+    assert not cluster.down()
+
+
+async def test_slow_consumers_are_closed_and_lose_nothing(busy_cluster):
+    pids = {
+        name: pid
+        for name, pid in busy_cluster.process_pids().items()
+        if name in busy_cluster.replica_names()
+    }
+    outcome = await slow_consumers.run(busy_cluster, SCENARIO, pids)
+
+    assert outcome.received_min == outcome.sent, "a reader missed messages"
+    assert outcome.slow_closes == {CLOSE_SLOW_CONSUMER: SCENARIO.slow}
+    growth = outcome.growth_mb(outcome.rss_kb_peak)
+    assert max(growth.values()) < RSS_GROWTH_LIMIT_MB, growth
+    assert (outcome.resumed_missing, outcome.resumed_extra) == (0, 0)
+    for name in pids:
+        assert "Traceback" not in busy_cluster.log(name)
