@@ -6,9 +6,7 @@ asserts them."""
 
 import asyncio
 import json
-import re
 import time
-import urllib.request
 from dataclasses import dataclass, field
 
 from websockets.exceptions import ConnectionClosed
@@ -16,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from chat.protocol import CLOSE_SLOW_CONSUMER
 
 from .client import chat_query, join, message_frame
+from .http import replica_counter
 from .processes import rss_kb
 
 # How long a slow socket, once reading again, may take to reach the server's close.
@@ -51,21 +50,10 @@ class Outcome:
         }
 
 
-SLOW_CLOSES = re.compile(
-    r'^chat_slow_consumer_disconnects_total\{reason="(\w+)"\} (\S+)$', re.MULTILINE
-)
-
-
 def slow_closes_counted(cluster):
-    """Slow-consumer closes the replicas have counted, by reason, from their /metrics."""
-    counted = {}
-    for number in range(1, cluster.replicas + 1):
-        url = f"http://127.0.0.1:{cluster.replica_port(number)}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        for reason, value in SLOW_CLOSES.findall(text):
-            counted[reason] = counted.get(reason, 0) + int(float(value))
-    return counted
+    """Slow-consumer closes the replicas have counted, by reason."""
+    counted = replica_counter(cluster, "chat_slow_consumer_disconnects_total", "reason")
+    return {reason: int(count) for reason, count in counted.items()}
 
 
 async def resume_when_closed(cluster, slow, deadline):

@@ -4,16 +4,14 @@ it in Chromium: test_edge_browser.py), and one client address has a bounded numb
 of WebSockets and handshakes while other addresses are unaffected."""
 
 import asyncio
-import json
-import time
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from harness.client import join
+from harness.http import get
 
 from .conftest import start_cluster
-from .test_http import get
 
 # Loopback is a /8: a client socket bound to 127.0.0.2 is another client address to
 # nginx, which listens on 127.0.0.1.
@@ -38,24 +36,6 @@ def test_metrics_and_probes_are_not_public(cluster, path):
 def test_replicas_still_serve_metrics_and_probes_on_their_own_ports(cluster, path):
     for number in range(1, cluster.replicas + 1):
         assert get(f"http://127.0.0.1:{cluster.replica_port(number)}{path}")[0] == 200
-
-
-def test_prometheus_still_scrapes_every_replica(cluster):
-    """Tests that with /metrics closed at nginx, Prometheus (the cluster's own) has every
-    replica's target up: it scrapes the replicas' ports."""
-    url = f"{cluster.describe()['prometheus_url']}/api/v1/targets"
-    deadline = time.monotonic() + 30
-    while True:
-        targets = json.loads(get(url)[2])["data"]["activeTargets"]
-        chat = {
-            t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "chat"
-        }
-        if list(chat.values()).count("up") == cluster.replicas or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert chat == {
-        f"127.0.0.1:{cluster.replica_port(n)}": "up" for n in range(1, cluster.replicas + 1)
-    }
 
 
 @pytest.mark.parametrize("path", ["/chat/", "/chat/lobby/", "/chat/caf%C3%A9/"])

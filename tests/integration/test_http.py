@@ -2,18 +2,10 @@
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read().decode()
+from harness.http import get
 
 
 def test_index_and_room_pages_are_served_through_nginx(cluster):
@@ -64,7 +56,8 @@ def test_invalid_room_page_through_nginx(cluster, room):
 
 
 def test_prometheus_scrapes_every_replica(cluster):
-    """Tests that the local cluster's Prometheus lists every replica as a target, up."""
+    """Tests that the local cluster's Prometheus lists every replica as a target, up: it
+    scrapes the replicas' own ports, since nginx does not serve /metrics."""
     deadline = time.monotonic() + 30
     while True:
         _, _, body = get(f"http://127.0.0.1:{cluster.prometheus_port}/api/v1/targets")

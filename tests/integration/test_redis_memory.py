@@ -5,7 +5,6 @@ recovers once room is freed; the README's Redis memory section gives the figures
 
 import asyncio
 import json
-import re
 import urllib.error
 import urllib.request
 
@@ -14,6 +13,7 @@ import redis
 
 from chat.protocol import UNAVAILABLE
 from harness.client import join, message_frame
+from harness.http import replica_counter
 from harness.logs import log_offsets
 from harness.traffic import Traffic
 
@@ -29,7 +29,6 @@ SETTINGS = {
     "CHAT_PRESENCE_TTL": "5",
     "CHAT_DRAIN_SECONDS": "2",
 }
-REFUSED = re.compile(r'^chat_redis_writes_refused_total\{operation="(\w+)"\} (\S+)$', re.M)
 
 
 @pytest.fixture(params=["volatile-lru", "noeviction"])
@@ -57,14 +56,7 @@ def get_json(url):
 
 def writes_refused(cluster):
     """chat_redis_writes_refused_total of every replica, summed by operation."""
-    totals = {}
-    for number in range(1, cluster.replicas + 1):
-        url = f"http://127.0.0.1:{cluster.replica_port(number)}/metrics"
-        with urllib.request.urlopen(url, timeout=3) as response:
-            text = response.read().decode()
-        for operation, value in REFUSED.findall(text):
-            totals[operation] = totals.get(operation, 0) + float(value)
-    return totals
+    return replica_counter(cluster, "chat_redis_writes_refused_total", "operation")
 
 
 async def fill(cluster, number, until, counts):

@@ -121,7 +121,11 @@ class RedisHistory:
                 pipe.xrange(stream, min=f"({client_last_id}-0", count=self.max_length)
             (epoch, last_id), raw = await pipe.execute()
         epoch = epoch.decode() if epoch else None
-        if client_last_id is None:
+        if epoch is None:
+            # The room's state is gone (evicted, or expired before its stream): the
+            # stream's ids belong to no epoch now, and a new one starts at 1.
+            raw = []
+        elif client_last_id is None:
             raw = list(reversed(raw))[-self.on_join :] if self.on_join else []
         elif client_epoch not in (None, epoch) and client_last_id > 0:
             # Another epoch's ids mean nothing here: replay this epoch from its start.

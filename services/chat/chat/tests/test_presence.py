@@ -16,6 +16,7 @@ from chat.consumers import ChatConsumer
 from chat.presence import Changes
 from chat.routing import ROOM_PATH
 from chat.sync_consumers import SyncChatConsumer
+from harness.client import apply_presence
 
 from .test_consumers import fresh_replica
 
@@ -53,7 +54,7 @@ class Member:
             frame = json.loads(output["text"])
             if frame["type"] in PRESENCE_FRAMES:
                 self.frames.append(output["text"])
-                apply(self.members, frame)
+                apply_presence(self.members, frame)
                 self.count = frame["count"]
             elif frame["type"] not in ("history", "chat"):
                 self.other.append(frame)
@@ -64,16 +65,6 @@ class Member:
 
     def presence_bytes(self):
         return sum(len(text.encode()) for text in self.frames)
-
-
-def apply(members, frame):
-    if frame["type"] == protocol.PRESENCE:
-        members.clear()
-        members.update((member["id"], member["name"]) for member in frame["members"])
-    else:
-        for member in frame["left"]:
-            members.pop(member, None)
-        members.update((member["id"], member["name"]) for member in frame["joined"])
 
 
 async def enter(name, application=ASYNC, room="presence", subprotocols=("chat.v1",), query=""):

@@ -1,0 +1,26 @@
+"""Plain HTTP against a cluster: pages, probes, and the replicas' own metrics."""
+
+import re
+import urllib.error
+import urllib.request
+
+
+def get(url, timeout=10):
+    """(status, headers, body) of a GET, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def replica_counter(cluster, metric, label):
+    """A labelled counter of every replica, scraped from their own ports and summed by
+    the label's value: {value: total}."""
+    sample = re.compile(rf'^{metric}\{{{label}="([^"]*)"\}} (\S+)$', re.MULTILINE)
+    totals = {}
+    for number in range(1, cluster.replicas + 1):
+        _, _, text = get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics", timeout=5)
+        for value, count in sample.findall(text):
+            totals[value] = totals.get(value, 0) + float(count)
+    return totals
