@@ -141,8 +141,11 @@ class ChatUser(User):
                 frame = socket.recv()
             except (websocket.WebSocketException, OSError):
                 return
-            # websocket-client returns "" when the peer closes.
+            # websocket-client returns "" when the peer closes. disconnect() stops this
+            # reader first, so the server closed it: a replica draining (1012), or this
+            # load generator too slow to read (4008), which the run must show.
             if not frame:
+                report("closed", time.perf_counter(), exception=RuntimeError("closed by server"))
                 return
             self.on_frame(frame)
 
