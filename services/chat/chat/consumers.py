@@ -103,10 +103,14 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         if resume_error:
             await self.send(text_data=resume_error.frame())
         await self.send_replay(replay)
-        presence = self.replica.presence
         try:
             await self.replica.start_maintenance()
-            # The list once, to the joiner; the room hears a diff (chat.presence).
+        except LAYER_ERRORS as error:
+            self.log_layer_error("heartbeat", error)
+        presence = self.replica.presence
+        try:
+            # The list once, to the joiner; the room hears a diff (chat.presence). The
+            # join is recorded even if the list cannot be read: the leave will be.
             snapshot = await presence.join(self.room_name, self.channel_name, self.name)
             if self.subprotocol:
                 await self.send(text_data=snapshot)

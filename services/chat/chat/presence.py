@@ -110,6 +110,10 @@ class Presence:
             del self.local_rooms[room]
         self.queue(room).leave(channel)
 
+    def settled(self):
+        """True when every change has been announced (nothing waits to be written)."""
+        return not self.flushers
+
     def restore(self, room, channel, name):
         """After a Redis outage: puts a connection back, announced as a join."""
         self.queue(room).join(channel, name)

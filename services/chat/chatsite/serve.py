@@ -56,9 +56,12 @@ class ChatWebSocketProtocol(WebSocketProtocol):
     bytes_while_full = 0
     full_timeout = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drain_waiters = []
+
     def onOpen(self):
         super().onOpen()
-        self.drain_waiters = []
         # The HTTP channel that took the upgrade request is still the producer, and
         # would stop reading the socket when the buffer fills: this one only counts.
         self.transport.unregisterProducer()
@@ -83,6 +86,21 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         self.wake_writers(True)
 
     def stopProducing(self):
+        self.release_writers()
+
+    def unregisterProducer(self):
+        # autobahn unregisters before it drops the connection; Twisted then calls no
+        # stopProducing: a consumer waiting to write must hear of it now, or it would
+        # never handle its disconnect.
+        self.release_writers()
+        super().unregisterProducer()
+
+    def connectionLost(self, reason):
+        self.release_writers()
+        super().connectionLost(reason)
+
+    def release_writers(self):
+        """The connection is going: nothing waits to write to it any more."""
         self.wake_writers(False)
         self.resumeProducing()
 
@@ -219,7 +237,9 @@ class DrainingServer(Server):
                 and connection.state != WebSocketProtocol.STATE_CLOSED
             )
         ]
-        if not busy or reactor.seconds() >= self.drain_deadline:
+        # The presence of the last connections to leave is written after them.
+        settled = current().presence.settled()
+        if (not busy and settled) or reactor.seconds() >= self.drain_deadline:
             logger.warning("drained; %d connections were still busy", len(busy))
             self.stop()
         else:

@@ -182,8 +182,8 @@ CHAT_MAX_CONNECTIONS = env_int("CHAT_MAX_CONNECTIONS", 10000)
 # in bytes written to its socket while its write buffer is full, and again in its
 # queue of messages from Redis; and how long its write buffer may stay full. Past
 # either the connection is closed with 4008, and the client resumes.
-CHAT_MAX_SEND_BUFFER = env_int("CHAT_MAX_SEND_BUFFER", 1024 * 1024)
-CHAT_SEND_TIMEOUT = env_int("CHAT_SEND_TIMEOUT", 10)  # seconds
+CHAT_MAX_SEND_BUFFER = env_int("CHAT_MAX_SEND_BUFFER", 1024 * 1024, minimum=65536)
+CHAT_SEND_TIMEOUT = env_int("CHAT_SEND_TIMEOUT", 10, minimum=1)  # seconds
 
 # On SIGTERM: seconds over which the replica closes its WebSockets (1012).
 CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", 10, minimum=0)
