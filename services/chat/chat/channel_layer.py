@@ -157,6 +157,15 @@ def shard_of(channel_layer, group, shard_count):
     return _consistent_hash(group, shard_count)
 
 
+def script_channel(channel_layer, group):
+    """The pub/sub channel on which a Lua script publishes a group's event itself (in
+    the layer's encoding), or "" on another layer: the caller then group_sends it, and
+    consumers fill the gaps that reordering leaves."""
+    if isinstance(channel_layer, ChatChannelLayer):
+        return channel_layer.group_channel(group)
+    return ""
+
+
 async def release_channel(channel_layer, channel_name):
     if isinstance(channel_layer, ChatChannelLayer) and channel_name:
         await channel_layer.release_channel(channel_name)

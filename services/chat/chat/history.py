@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .channel_layer import ChatChannelLayer, shard_of
+from .channel_layer import script_channel, shard_of
 from .protocol import chat_event, chat_frame, chat_frame_parts, room_group_name
 from .recovery import plan_replay
 from .redis_clients import chat_redis
@@ -68,10 +68,8 @@ class RedisHistory:
         self.max_length = max_length
         self.max_age = max_age
         self.on_join = on_join
-        self.script = None
-        # The script publishes to the group itself on the pub/sub layer; other layers
-        # get a separate group_send, and consumers fill the gaps reordering leaves.
-        self.publishes_in_script = isinstance(channel_layer, ChatChannelLayer)
+        # Registering only hashes the script; it runs on the room's client.
+        self.script = self.clients[0].register_script(PUBLISH_SCRIPT)
 
     def client_for(self, room):
         return self.clients[shard_of(self.channel_layer, room_group_name(room), len(self.clients))]
@@ -82,11 +80,9 @@ class RedisHistory:
 
     async def publish(self, room, message, name, replica, ref=None):
         client = self.client_for(room)
-        if self.script is None:
-            self.script = client.register_script(PUBLISH_SCRIPT)
         group = room_group_name(room)
         sent_at = time.time()
-        channel = self.channel_layer.group_channel(group) if self.publishes_in_script else ""
+        channel = script_channel(self.channel_layer, group)
         ref_ttl = REF_TTL if ref else SERVER_REF_TTL
         message_id, epoch, duplicate, frame = await self.script(
             keys=self.keys(room, ref or f"server-{secrets.token_hex(8)}"),
@@ -103,7 +99,7 @@ class RedisHistory:
             client=client,
         )
         epoch = epoch.decode()
-        if not duplicate and not self.publishes_in_script:
+        if not duplicate and not channel:
             event = chat_event(frame.decode(), message_id, epoch, sent_at)
             await self.channel_layer.group_send(group, event)
         return Published(message_id, epoch, bool(duplicate))

@@ -37,7 +37,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .channel_layer import LAYER_ERRORS, ChatChannelLayer, shard_of
+from .channel_layer import LAYER_ERRORS, script_channel, shard_of
 from .protocol import (
     member_id,
     presence_diff_frame,
@@ -197,9 +197,8 @@ class RedisPresence(Presence):
         self.instance = f"{replica}/{uuid.uuid4().hex[:8]}"  # this process, not the name
         self.ttl = ttl
         self.sweep_interval = ttl / 3
-        self.script = None
-        # The script publishes on the pub/sub layer; other layers get a group_send.
-        self.publishes_in_script = isinstance(channel_layer, ChatChannelLayer)
+        # Registering only hashes the script; it runs on the room's client.
+        self.script = self.clients[0].register_script(FLUSH_SCRIPT)
 
     def client_for(self, room):
         return self.clients[self.shard_of(room)]
@@ -236,8 +235,6 @@ class RedisPresence(Presence):
 
     async def apply(self, room, changes):
         client = self.client_for(room)
-        if self.script is None:
-            self.script = client.register_script(FLUSH_SCRIPT)
         group = room_group_name(room)
         head, tail = presence_diff_parts(*changes.diff())
         entries = [
@@ -245,13 +242,13 @@ class RedisPresence(Presence):
             for channel, name in changes.joined.items()
             for item in (channel, json.dumps({"name": name, "replica": self.instance}))
         ]
-        channel = self.channel_layer.group_channel(group) if self.publishes_in_script else ""
+        channel = script_channel(self.channel_layer, group)
         count = await self.script(
             keys=[self.room_key(room)],
             args=[head, tail, channel, len(changes.joined), *entries, *changes.left],
             client=client,
         )
-        if not self.publishes_in_script:
+        if not channel:
             await self.channel_layer.group_send(group, presence_event(f"{head}{count}{tail}"))
 
     async def heartbeat(self):
