@@ -106,6 +106,13 @@ class LocalCluster:
         """PIDs of the supervised processes that run, by the names `status` shows."""
         return running(self.describe())
 
+    def replica_pids(self, pids=None):
+        """PIDs of the Daphne replicas that run, by name: of `pids` (process_pids()'s)
+        when the caller has them."""
+        pids = self.process_pids() if pids is None else pids
+        replicas = self.replica_names()
+        return {name: pid for name, pid in pids.items() if name in replicas}
+
     @property
     def lb_url(self):
         return f"http://{HOST}:{self.lb_port}"

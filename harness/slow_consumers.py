@@ -108,8 +108,9 @@ async def last_seen_and_close(client):
     return client.socket.close_code, last
 
 
-async def run(cluster, scenario, replica_pids, sample_every=0.5):
-    """Runs the scenario on the cluster; replica_pids maps replica name -> PID."""
+async def run(cluster, scenario, sample_every=0.5):
+    """Runs the scenario on the cluster."""
+    replica_pids = cluster.replica_pids()
     outcome = Outcome(rss_kb_start=replica_rss(replica_pids))
     readers = [await join(cluster, scenario.room) for _ in range(scenario.senders)]
     slow = [await join(cluster, scenario.room) for _ in range(scenario.slow)]

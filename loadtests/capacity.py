@@ -25,9 +25,8 @@ BATCH = 250  # connections opened at once
 
 def memory(cluster):
     pids = cluster.process_pids()
-    chat = [pid for name, pid in pids.items() if name.startswith("chat-")]
     return {
-        "chat_kb": total_rss_kb(chat),
+        "chat_kb": total_rss_kb(cluster.replica_pids(pids).values()),
         "nginx_kb": total_rss_kb(process_tree(pids["nginx"])),
         "redis_kb": total_rss_kb([pids["redis"]]),
     }

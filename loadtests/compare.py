@@ -124,7 +124,7 @@ class Target:
             return {"chat": [self.floor.pid]}
         pids = self.cluster.process_pids()
         return {
-            "chat": [pid for name, pid in pids.items() if name.startswith("chat-")],
+            "chat": list(self.cluster.replica_pids(pids).values()),
             "nginx": process_tree(pids["nginx"]),
             "redis": [pids["redis"]],
         }

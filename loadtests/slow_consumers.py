@@ -79,12 +79,7 @@ async def main(options):
         cluster = LocalCluster(Path(run_dir), options.replicas, settings)
         cluster.up()
         try:
-            pids = {
-                name: pid
-                for name, pid in cluster.process_pids().items()
-                if name in cluster.replica_names()
-            }
-            outcome = await slow_consumers.run(cluster, scenario, pids)
+            outcome = await slow_consumers.run(cluster, scenario)
         finally:
             cluster.down()
     report(outcome, scenario, settings)

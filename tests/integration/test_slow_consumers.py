@@ -31,17 +31,12 @@ def busy_cluster(tmp_path_factory):
 
 
 async def test_slow_consumers_are_closed_and_lose_nothing(busy_cluster):
-    pids = {
-        name: pid
-        for name, pid in busy_cluster.process_pids().items()
-        if name in busy_cluster.replica_names()
-    }
-    outcome = await slow_consumers.run(busy_cluster, SCENARIO, pids)
+    outcome = await slow_consumers.run(busy_cluster, SCENARIO)
 
     assert outcome.received_min == outcome.sent, "a reader missed messages"
     assert outcome.slow_closes == {CLOSE_SLOW_CONSUMER: SCENARIO.slow}
     growth = outcome.growth_mb(outcome.rss_kb_peak)
     assert max(growth.values()) < RSS_GROWTH_LIMIT_MB, growth
     assert (outcome.resumed_missing, outcome.resumed_extra) == (0, 0)
-    for name in pids:
+    for name in busy_cluster.replica_names():
         assert "Traceback" not in busy_cluster.log(name)
