@@ -15,6 +15,7 @@ class ChatConfig(AppConfig):
         if isinstance(channel_layer, ChatChannelLayer):
             channel_layer.check_internals()  # fail at start-up, not on the first message
         self.replica = Replica.from_settings(channel_layer)
+        metrics.watch_resources(self.replica.resources)
         metrics.describe_replica(
             settings.CHAT_REPLICA_ID, settings.CHAT_CONSUMER, settings.CHAT_CHANNEL_LAYER
         )

@@ -108,6 +108,11 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
         if layer.channels.pop(channel_name, None) is not None:
             await layer._get_shard(channel_name).unsubscribe(channel_name)
 
+    def occupancy(self):
+        """(consumer channels, groups) subscribed in this layer, on every loop."""
+        layers = list(self._layers.values())
+        return sum(len(layer.channels) for layer in layers), sum(len(layer.groups) for layer in layers)
+
     def decode(self, payload):
         """A message as a consumer of the layer receives it from Redis."""
         return self.deserialize(payload)
@@ -164,6 +169,13 @@ def script_channel(channel_layer, group):
     if isinstance(channel_layer, ChatChannelLayer):
         return channel_layer.group_channel(group)
     return ""
+
+
+def occupancy(channel_layer):
+    """(consumer channels, groups) the layer holds, or (0, 0) if it cannot tell."""
+    if isinstance(channel_layer, ChatChannelLayer):
+        return channel_layer.occupancy()
+    return 0, 0
 
 
 async def release_channel(channel_layer, channel_name):

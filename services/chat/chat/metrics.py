@@ -5,7 +5,8 @@ _total). The replica, consumer kind and channel layer are labels of one info
 metric rather than of every series; Prometheus adds `instance` to each.
 """
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
 
 NAMESPACE = "chat"
 
@@ -100,3 +101,30 @@ delivery_latency = Histogram(
 
 def describe_replica(replica, consumer, channel_layer):
     replica_info.info({"replica": replica, "consumer": consumer, "channel_layer": channel_layer})
+
+
+# What a replica holds, read at each scrape: after load they return to where they
+# started, or something leaks (README: Steady state).
+RESOURCES = {
+    "layer_channels": "Consumer channels subscribed in this replica's channel layer.",
+    "layer_groups": "Room groups with a member in this replica's channel layer.",
+    "asyncio_tasks": "Tasks alive on the replica's event loop.",
+    "gc_objects": "Objects tracked by Python's garbage collector.",
+}
+
+
+class ResourceCollector:
+    """Gauges of what a replica holds, from read_resources() -> {name: value}."""
+
+    def __init__(self, read_resources):
+        self.read_resources = read_resources
+
+    def collect(self):
+        for name, value in self.read_resources().items():
+            gauge = GaugeMetricFamily(f"{NAMESPACE}_{name}", RESOURCES[name])
+            gauge.add_metric([], value)
+            yield gauge
+
+
+def watch_resources(read_resources):
+    REGISTRY.register(ResourceCollector(read_resources))

@@ -7,6 +7,7 @@ new connections are refused with 1012.
 """
 
 import asyncio
+import gc
 import logging
 
 from django.apps import apps
@@ -14,7 +15,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from . import metrics
-from .channel_layer import LAYER_ERRORS
+from .channel_layer import LAYER_ERRORS, occupancy
 from .history import MemoryHistory, RedisHistory
 from .presence import MemoryPresence, RedisPresence
 from .redis_clients import refuses_writes
@@ -94,6 +95,21 @@ class Replica:
 
     def discard(self, consumer):
         self.connections.discard(consumer)
+
+    def resources(self):
+        """What the replica holds now (chat.metrics.RESOURCES): after load, back to
+        where it started."""
+        channels, groups = occupancy(self.channel_layer)
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no loop runs in this thread
+            tasks = 0
+        return {
+            "layer_channels": channels,
+            "layer_groups": groups,
+            "asyncio_tasks": tasks,
+            "gc_objects": len(gc.get_objects()),
+        }
 
     def start_draining(self):
         """True the first time: new connections are refused from now on."""
