@@ -62,8 +62,9 @@ test: deps scan-venv lint ## Run every check: lint, unit tests, integration test
 test-compose: deps ## Build the images and bring docker-compose.yml up for real (starts a private engine if none runs)
 	$(PYTHON) -m pytest -m compose tests/compose
 
-loadtest: deps ## Compare async/sync consumers, pubsub/core layers and the raw floor; writes loadtests/results/<date>/
+loadtest: deps ## Compare async/sync consumers, pubsub/core layers and the raw floor, then the steady-state sweep (STEADY_ARGS); writes loadtests/results/<date>/ and <date>-steady/
 	$(PYTHON) loadtests/compare.py $(LOADTEST_ARGS)
+	$(PYTHON) loadtests/steady.py $(STEADY_ARGS)
 
 capacity: deps ## Benchmark idle connections through nginx against replica memory (KB per connection)
 	$(PYTHON) loadtests/capacity.py $(CAPACITY_ARGS)

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 from websockets.asyncio.server import broadcast, serve
 
-from chat.protocol import CLOSE_INVALID_ROOM, ROOM_NAME_PATTERN, SUBPROTOCOL
+from chat.protocol import CLOSE_INVALID_ROOM, ROOM_NAME_PATTERN, choose_subprotocol
 
 ROOM_PATH = re.compile(f"^/ws/chat/({ROOM_NAME_PATTERN})/$")
 rooms = defaultdict(set)
@@ -55,7 +55,9 @@ async def main():
         lambda connection: chat(connection, args.drop_every),
         args.host,
         args.port,
-        subprotocols=[SUBPROTOCOL],
+        # chat.v1 when offered, else none, as the chat does: `subprotocols=` alone
+        # answers the tutorial's own clients, which offer none, with HTTP 400.
+        select_subprotocol=lambda _connection, offered: choose_subprotocol(offered),
         max_size=2**16,
     ) as server:
         print(f"floor server on ws://{args.host}:{args.port}", flush=True)
