@@ -22,6 +22,18 @@ CATCH_UP_ATTEMPTS = 15
 CATCH_UP_FIRST_DELAY = 0.2
 CATCH_UP_MAX_DELAY = 5
 
+DUMMY_DATABASE = "django.db.backends.dummy"
+
+
+def uses_database():
+    """Whether a real database is configured. Not `bool(settings.DATABASES)`: the first
+    time anything asks for a connection, Django fills an empty DATABASES with a dummy
+    default, in place."""
+    return any(
+        database.get("ENGINE", DUMMY_DATABASE) != DUMMY_DATABASE
+        for database in settings.DATABASES.values()
+    )
+
 
 class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
     consumer_kind = "async"
@@ -34,6 +46,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         # Live delivery and catch_up() both send from the history; one at a time.
         self.delivery_lock = asyncio.Lock()
         self.catch_up_task = None
+        self.closes_database_connections = uses_database()
 
     @property
     def write_flow(self):
@@ -62,7 +75,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         # Channels' dispatch first closes stale database connections, a hop to the
         # sync thread per message. With no database there is nothing to close.
         # tests check that this is still Channels' dispatch without that hop.
-        if settings.DATABASES:
+        if self.closes_database_connections:
             return await super().dispatch(message)
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:

@@ -3,8 +3,11 @@ import inspect
 import textwrap
 
 import pytest
+from channels import consumer as channels_consumer
 from channels.consumer import AsyncConsumer
 from channels_redis.pubsub import RedisPubSubLoopLayer
+from django.conf import settings
+from django.db import connections
 
 from chat.channel_layer import ChannelLayerMismatch, ChatChannelLayer
 from chat.consumers import ChatConsumer
@@ -60,3 +63,27 @@ def body(function):
     if isinstance(statements[0], ast.Expr) and isinstance(statements[0].value, ast.Constant):
         statements = statements[1:]
     return "\n".join(ast.unparse(statement) for statement in statements)
+
+
+async def test_dispatch_makes_no_database_hop_after_django_filled_in_databases(monkeypatch):
+    """Tests the hop stays skipped once the replica has run: Django fills the empty
+    DATABASES with a dummy default the first time a connection is asked for, in place
+    (it did, at the first disconnect, and every later message took the hop)."""
+    hops = []
+
+    async def aclose_old_connections():
+        hops.append(True)
+
+    monkeypatch.setattr(channels_consumer, "aclose_old_connections", aclose_old_connections)
+    monkeypatch.setattr(settings, "DATABASES", {})
+    connections.settings = connections.configure_settings(None)  # what Django does lazily
+    assert settings.DATABASES, "Django no longer fills in DATABASES: simplify uses_database()"
+    delivered = []
+
+    class Consumer(ChatConsumer):
+        async def chat_message(self, event):
+            delivered.append(event)
+
+    consumer = Consumer()
+    await consumer.dispatch({"type": "chat.message"})
+    assert delivered and not hops
