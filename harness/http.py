@@ -24,3 +24,14 @@ def replica_counter(cluster, metric, label):
         for value, count in sample.findall(text):
             totals[value] = totals.get(value, 0) + float(count)
     return totals
+
+
+def replica_gauges(cluster, metrics):
+    """Unlabelled gauges of every replica, scraped from their own ports:
+    [{metric: value}] in replica order."""
+    values = []
+    for number in range(1, cluster.replicas + 1):
+        _, _, text = get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics", timeout=5)
+        found = dict(re.findall(r"^(\w+) (\S+)$", text, re.MULTILINE))
+        values.append({metric: float(found[metric]) for metric in metrics})
+    return values

@@ -109,7 +109,7 @@ RESOURCES = {
     "layer_channels": "Consumer channels subscribed in this replica's channel layer.",
     "layer_groups": "Room groups with a member in this replica's channel layer.",
     "asyncio_tasks": "Tasks alive on the replica's event loop.",
-    "gc_objects": "Objects tracked by Python's garbage collector.",
+    "gc_objects": "Objects alive after a full collection, but those frozen at start-up.",
 }
 
 

@@ -19,12 +19,13 @@ RETRIES = 2
 
 
 def chat_redis(url, **options):
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.REDIS_POOL_SIZE,
+        timeout=settings.REDIS_COMMAND_TIMEOUT,  # waiting for a free connection
         socket_timeout=settings.REDIS_COMMAND_TIMEOUT,
         socket_connect_timeout=settings.REDIS_CONNECTION_OPTIONS["socket_connect_timeout"],
         socket_keepalive=True,
-        max_connections=settings.REDIS_CONNECTION_OPTIONS["max_connections"],
         retry=Retry(
             ExponentialWithJitterBackoff(base=0.05, cap=0.5),
             RETRIES,
@@ -32,6 +33,7 @@ def chat_redis(url, **options):
         ),
         **options,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def refuses_writes(error):

@@ -211,6 +211,9 @@ REDIS_CONNECTION_OPTIONS = {
 # Commands of the chat's own Redis clients (history, presence) fail after this many
 # seconds, so that a hung Redis is answered with an error frame, not silence.
 REDIS_COMMAND_TIMEOUT = env_int("REDIS_COMMAND_TIMEOUT", 5)
+# Connections each of them keeps to each Redis at most; a command waits for a free
+# one up to REDIS_COMMAND_TIMEOUT.
+REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 16, minimum=1)
 REDIS_HOSTS = [{"address": url, **REDIS_CONNECTION_OPTIONS} for url in REDIS_URLS]
 
 if CHAT_CHANNEL_LAYER == "pubsub":
