@@ -25,6 +25,14 @@ def test_three_chat_replicas_are_healthy(stack):
             assert container["Health"] == "healthy", container
 
 
+def test_replicas_run_on_uvloop(stack):
+    """Tests that the image's server (chatsite.serve) runs Daphne's reactor on uvloop."""
+    health = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8001/healthz').read().decode())"
+    for container in stack.containers("chat"):
+        result = stack.docker("exec", container["ID"], "python", "-c", health)
+        assert json.loads(result.stdout)["event_loop"] == "uvloop", result.stdout
+
+
 def test_no_container_runs_as_root(stack):
     """Tests the UID of each container's main process, read from the host's /proc."""
     for service in ("chat", "redis", "nginx", "prometheus"):

@@ -41,8 +41,10 @@ def test_probes(cluster):
             "replica": f"chat-{number}",
             "redis": {f"127.0.0.1:{cluster.redis_port}": "ok"},
         }
-        status, _, _ = get(f"http://127.0.0.1:{cluster.replica_port(number)}/healthz")
+        status, _, body = get(f"http://127.0.0.1:{cluster.replica_port(number)}/healthz")
         assert status == 200
+        # Daphne's reactor runs on uvloop (chatsite.serve, CHAT_EVENT_LOOP).
+        assert json.loads(body)["event_loop"] == "uvloop"
         status, _, body = get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics")
         assert status == 200
         assert f'consumer="async",replica="chat-{number}"' in body

@@ -68,7 +68,8 @@ def test_three_identical_bursts_cost_the_same_and_leave_nothing(steady_cluster):
     )
 
     for row in rows:
-        assert row["lost"] == 0 and row["errors"] == 0, row
+        assert row["lost"] == 0, row
+        assert row["errors"] == 0, row
     for state in states:
         for replica in state:
             for name in LEFT_AT_ZERO:

@@ -111,7 +111,8 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
     def occupancy(self):
         """(consumer channels, groups) subscribed in this layer, on every loop."""
         layers = list(self._layers.values())
-        return sum(len(layer.channels) for layer in layers), sum(len(layer.groups) for layer in layers)
+        channels = sum(len(layer.channels) for layer in layers)
+        return channels, sum(len(layer.groups) for layer in layers)
 
     def decode(self, payload):
         """A message as a consumer of the layer receives it from Redis."""

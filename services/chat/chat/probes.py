@@ -43,7 +43,9 @@ class ProbeEndpoints:
     async def __call__(self, scope, receive, send):
         path = scope["path"]
         if path == LIVENESS_PATH:
-            await self.respond(send, 200, {"status": "ok", "replica": current().name})
+            loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+            body = {"status": "ok", "replica": current().name, "event_loop": loop}
+            await self.respond(send, 200, body)
         elif path == READINESS_PATH:
             replica = current()
             redis = await redis_states(replica.redis_urls, replica.name)

@@ -33,15 +33,24 @@ import os
 import signal
 import sys
 
-from daphne.cli import CommandLineInterface
-from daphne.server import Server
-from daphne.ws_protocol import WebSocketProtocol
-from django.conf import settings
-from twisted.internet import reactor
+import uvloop
 
-from chat import metrics, protocol
-from chat.replica import current
-from chat.room import WRITE_FLOW
+from chatsite import settings as chat_settings
+
+# Daphne makes the event loop of its Twisted reactor when daphne.server is imported:
+# uvloop's, unless CHAT_EVENT_LOOP=asyncio.
+EVENT_LOOPS = {"uvloop": uvloop.EventLoopPolicy, "asyncio": asyncio.DefaultEventLoopPolicy}
+asyncio.set_event_loop_policy(EVENT_LOOPS[chat_settings.CHAT_EVENT_LOOP]())
+
+from daphne.cli import CommandLineInterface  # noqa: E402
+from daphne.server import Server  # noqa: E402
+from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
+from django.conf import settings  # noqa: E402
+from twisted.internet import reactor  # noqa: E402
+
+from chat import metrics, protocol  # noqa: E402
+from chat.replica import current  # noqa: E402
+from chat.room import WRITE_FLOW  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 

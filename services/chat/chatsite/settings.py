@@ -153,6 +153,8 @@ CHAT_REPLICA_ID = env("CHAT_REPLICA_ID", socket.gethostname())
 
 # "async" is the product (tutorial part 3); "sync" (part 2) is kept for benchmarks.
 CHAT_CONSUMER = env_choice("CHAT_CONSUMER", "async", ("async", "sync"))
+# The event loop under Daphne's Twisted reactor (chatsite.serve).
+CHAT_EVENT_LOOP = env_choice("CHAT_EVENT_LOOP", "uvloop", ("uvloop", "asyncio"))
 
 # Largest text frame a client may send, in bytes of UTF-8.
 CHAT_MAX_MESSAGE_BYTES = env_int("CHAT_MAX_MESSAGE_BYTES", 4096)
