@@ -12,6 +12,10 @@ BACKEND) with what the chat needs beyond the Channels layer API:
     unsubscribes only when a pending receive() is cancelled, and a receive that had
     already completed never is, so the subscription and its queue would stay for
     the life of the replica;
+  - fan-out that decodes a group's message once per replica: a member attached to
+    its group (attach()) is offered the decoded event first, and takes it if it can
+    send it at once (chat.consumers: deliver_now); only the rest are queued, each
+    a copy of the encoded message that its consumer decodes, as in channels_redis;
   - a start-up check that the layer decodes what the script writes (msgpack, no
     prefix, no encryption), and that the internals used here are still there.
 They rely on channels_redis 4.3 (services/chat/requirements.in bounds it); an
@@ -19,13 +23,20 @@ upgrade that changes them fails check_internals() at start-up, and the tests.
 """
 
 import asyncio
+import logging
 
 import msgpack
 from channels.exceptions import ChannelFull
-from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
 from channels_redis.serializers import MsgPackSerializer
 from channels_redis.utils import _consistent_hash, _wrap_close
 from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 # What a channel layer raises when Redis cannot take or give a message.
 LAYER_ERRORS = (RedisError, OSError, ChannelFull)
@@ -50,6 +61,9 @@ class BoundedChannelQueue(asyncio.Queue):
         self.overflow_payload = overflow_payload
         self.bytes = 0
         self.overflowed = False
+        # Put and not yet handled (handled()): taken out but still being dispatched
+        # counts, so that fan-out sends nothing past a message still on its way.
+        self.unhandled = 0
 
     def put_nowait(self, item):
         if self.overflowed:
@@ -58,6 +72,11 @@ class BoundedChannelQueue(asyncio.Queue):
             self.overflowed = True
             item = self.overflow_payload
         super().put_nowait(item)
+        self.unhandled += 1
+
+    def handled(self):
+        """The consumer has handled a message it received from this queue."""
+        self.unhandled = max(0, self.unhandled - 1)
 
     def _put(self, item):
         self.bytes += len(item)
@@ -69,8 +88,48 @@ class BoundedChannelQueue(asyncio.Queue):
         return item
 
 
+class FanOutShardConnection(RedisSingleShardConnection):
+    """channels_redis' connection to one Redis, whose group messages are decoded once
+    and offered to the group's attached members before any is queued."""
+
+    def _receive_message(self, message):
+        layer = self.channel_layer
+        name = message and message["channel"]
+        if isinstance(name, bytes):
+            name = name.decode()
+        members = layer.attached.get(name)
+        if not members:
+            super()._receive_message(message)
+            return
+        data = message["data"]
+        event, shared = self.channel_layer.channel_layer.decode(data), {}
+        for channel_name in layer.groups.get(name, ()):
+            queue = layer.channels.get(channel_name)
+            if queue is None:
+                continue
+            member = members.get(channel_name)
+            if member is None or not offer(member, event, shared):
+                queue.put_nowait(data)
+
+
+def offer(member, event, shared):
+    # Raised here, it would stop channels_redis' receive loop for a second.
+    try:
+        return member.deliver_now(event, shared)
+    except Exception:
+        logger.exception("fan-out to %r failed; queued instead", member)
+        return False
+
+
 class ChatLoopLayer(RedisPubSubLoopLayer):
-    """channels_redis' layer of one event loop, with bounded consumer queues."""
+    """channels_redis' layer of one event loop, with bounded consumer queues and
+    fan-out to attached members."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attached = {}  # group channel -> {channel name: member}
+        shards = getattr(self, "_shards", ())
+        self._shards = [FanOutShardConnection(shard.host, self) for shard in shards]
 
     async def _subscribe_to_channel(self, channel):
         self.channels[channel] = BoundedChannelQueue(
@@ -103,8 +162,32 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
         choice for its pub/sub channel."""
         return _consistent_hash(self.group_channel(group), shard_count)
 
-    async def release_channel(self, channel_name):
+    def attach(self, group, channel_name, member):
+        """From now on the group's messages for channel_name are offered first to
+        member.deliver_now(event, shared): True if it took the event, False to have it
+        queued. `shared` is one dict per message, for what all members can share."""
         layer = self._get_layer()
+        group_channel = layer._get_group_channel_name(group)
+        layer.attached.setdefault(group_channel, {})[channel_name] = member
+
+    def detach(self, group, channel_name):
+        layer = self._get_layer()
+        group_channel = layer._get_group_channel_name(group)
+        members = layer.attached.get(group_channel, {})
+        members.pop(channel_name, None)
+        if not members:
+            layer.attached.pop(group_channel, None)
+
+    def inbox(self, channel_name):
+        """The BoundedChannelQueue of a consumer's channel, or None."""
+        return self._get_layer().channels.get(channel_name)
+
+    async def release_channel(self, channel_name, group=None):
+        layer = self._get_layer()
+        if group is not None:
+            # A consumer cancelled before its disconnect never left its group.
+            self.detach(group, channel_name)
+            await self.group_discard(group, channel_name)
         if layer.channels.pop(channel_name, None) is not None:
             await layer._get_shard(channel_name).unsubscribe(channel_name)
 
@@ -131,6 +214,10 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
         for name in ("_layers", "_args", "_kwargs"):
             if name not in vars(self):
                 problems.append(f"RedisPubSubChannelLayer has no {name}")
+        if "_receive_message" not in vars(RedisSingleShardConnection):
+            problems.append("RedisSingleShardConnection has no _receive_message()")
+        if not loop_layer._shards:
+            problems.append("the loop layer keeps its shards elsewhere than _shards")
         if "_subscribe_to_channel" not in vars(RedisPubSubLoopLayer):
             problems.append("RedisPubSubLoopLayer has no _subscribe_to_channel()")
         if not isinstance(getattr(loop_layer, "channels", None), dict):
@@ -179,6 +266,20 @@ def occupancy(channel_layer):
     return 0, 0
 
 
-async def release_channel(channel_layer, channel_name):
+def attach(channel_layer, group, channel_name, member):
+    """Fan-out to member (ChatChannelLayer.attach); the inbox whose handled() the member
+    calls for each message it handles from its queue, or None on another layer."""
+    if not isinstance(channel_layer, ChatChannelLayer):
+        return None
+    channel_layer.attach(group, channel_name, member)
+    return channel_layer.inbox(channel_name)
+
+
+def detach(channel_layer, group, channel_name):
+    if isinstance(channel_layer, ChatChannelLayer):
+        channel_layer.detach(group, channel_name)
+
+
+async def release_channel(channel_layer, channel_name, group=None):
     if isinstance(channel_layer, ChatChannelLayer) and channel_name:
-        await channel_layer.release_channel(channel_name)
+        await channel_layer.release_channel(channel_name, group)

@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import metrics, protocol
-from .channel_layer import LAYER_ERRORS
+from .channel_layer import LAYER_ERRORS, attach, detach
 from .recovery import Action, Cursor
 from .room import WRITE_FLOW, RoomMember
 
@@ -47,6 +47,9 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         self.delivery_lock = asyncio.Lock()
         self.catch_up_task = None
         self.closes_database_connections = uses_database()
+        # Fan-out (deliver_now) from the end of connect(), once its queue is handled.
+        self.inbox = None
+        self.live = False
 
     @property
     def write_flow(self):
@@ -72,6 +75,13 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             await super().send(text_data, bytes_data, close)
 
     async def dispatch(self, message):
+        try:
+            await self.handle(message)
+        finally:
+            if self.inbox is not None and not message["type"].startswith("websocket."):
+                self.inbox.handled()  # a message from the channel layer's queue
+
+    async def handle(self, message):
         # Channels' dispatch first closes stale database connections, a hop to the
         # sync thread per message. With no database there is nothing to close.
         # tests check that this is still Channels' dispatch without that hop.
@@ -102,6 +112,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         history = self.replica.history
         try:
             await self.channel_layer.group_add(self.room_group_name, self.channel_name)
+            self.inbox = attach(self.channel_layer, self.room_group_name, self.channel_name, self)
             replay = await history.replay(self.room_name, epoch, last_id)
         except LAYER_ERRORS as error:
             self.log_layer_error("join", error)
@@ -129,6 +140,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
                 await self.send(text_data=snapshot)
         except LAYER_ERRORS as error:
             self.log_layer_error("presence_join", error)
+        self.live = True
 
     async def refuse(self, subprotocol, headers, error, code):
         await self.accept(subprotocol, headers)
@@ -141,8 +153,10 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             self.catch_up_task.cancel()
         was_joined = self.joined
         self.count_leave()
+        self.live = False
         # Leave room group
         if self.room_group_name:
+            detach(self.channel_layer, self.room_group_name, self.channel_name)
             presence = self.replica.presence
             try:
                 await self.channel_layer.group_discard(self.room_group_name, self.channel_name)
@@ -171,6 +185,29 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             return
         if ref is not None:
             await self.send(text_data=self.ack(ref, published))
+
+    def deliver_now(self, event, shared):
+        """A room's message, offered by the channel layer's fan-out as it arrives from
+        Redis, before Channels' queue and dispatch: sent at once, framed once for the
+        whole room, when nothing of this connection's is still on its way (its order
+        holds) and its socket can take it; True if taken. Anything else, and every
+        other kind of event, is left to the queue and chat_message()."""
+        if not self.live or event["type"] != "chat.message":
+            return False
+        if self.inbox.unhandled or self.delivery_lock.locked():
+            return False
+        write_flow = self.write_flow
+        if write_flow is None or not write_flow.ready_to_write():
+            return False
+        decision = self.cursor.decide(event["id"], event["epoch"])
+        if decision.action is Action.SKIP:
+            metrics.duplicates_skipped.inc()
+            return True
+        if decision.action is Action.FILL_GAP or not write_flow.send_shared(event["frame"], shared):
+            return False
+        self.cursor.sent(event["id"])
+        self.count_delivery(event)
+        return True
 
     # Receive message from room group
     async def chat_message(self, event):

@@ -17,8 +17,10 @@ logger = logging.getLogger(__name__)
 
 # The scope extension through which the server (chatsite.serve) tells a consumer
 # when its socket can take more: writable() is None, or a future of True once the
-# write buffer drained and False if the connection closes first; and through which
-# the consumer closes a slow consumer: close_slow_consumer(reason), counted once.
+# write buffer drained and False if the connection closes first; ready_to_write(),
+# the same without waiting; send_shared(text, shared), a frame framed once for every
+# connection it goes to (fan-out); and through which the consumer closes a slow
+# consumer: close_slow_consumer(reason), counted once.
 WRITE_FLOW = "chat.write_flow"
 
 
@@ -41,7 +43,9 @@ class RoomMember:
             await super().__call__(scope, receive, send)
         finally:
             try:
-                await release_channel(self.channel_layer, getattr(self, "channel_name", None))
+                await release_channel(
+                    self.channel_layer, getattr(self, "channel_name", None), self.room_group_name
+                )
             except LAYER_ERRORS as error:
                 self.log_layer_error("release_channel", error)
 

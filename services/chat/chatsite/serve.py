@@ -128,6 +128,21 @@ class ChatWebSocketProtocol(WebSocketProtocol):
             waiter.set_result(False)
         return waiter
 
+    def ready_to_write(self):
+        """Whether a frame can be written now: open, and the write buffer not full."""
+        return self.full_since is None and self.state == WebSocketProtocol.STATE_OPEN
+
+    def send_shared(self, text, shared):
+        """Sends a text frame that goes to many connections, framed once for all: shared
+        is one dict per message (chat.channel_layer's fan-out). False if not open."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        prepared = shared.get(self.factory)
+        if prepared is None:
+            prepared = shared[self.factory] = self.factory.prepareMessage(text.encode())
+        self.sendPreparedMessage(prepared)
+        return True
+
     def wake_writers(self, drained):
         waiters, self.drain_waiters = self.drain_waiters, []
         for waiter in waiters:
@@ -136,11 +151,19 @@ class ChatWebSocketProtocol(WebSocketProtocol):
 
     def sendMessage(self, payload, *args, **kwargs):
         # Frames the consumer did not hold back (presence, errors, the sync consumer's).
-        if self.full_since is not None:
-            self.bytes_while_full += len(payload)
-            if self.bytes_while_full > settings.CHAT_MAX_SEND_BUFFER:
-                self.close_slow_consumer("buffer")  # the send then raises Disconnected
+        self.count_while_full(len(payload))
         super().sendMessage(payload, *args, **kwargs)
+
+    def sendPreparedMessage(self, preparedMsg):
+        self.count_while_full(len(preparedMsg.payload))
+        if self.state == WebSocketProtocol.STATE_OPEN:  # unlike sendMessage, it does not check
+            super().sendPreparedMessage(preparedMsg)
+
+    def count_while_full(self, size):
+        if self.full_since is not None:
+            self.bytes_while_full += size
+            if self.bytes_while_full > settings.CHAT_MAX_SEND_BUFFER:
+                self.close_slow_consumer("buffer")  # a send then raises Disconnected
 
     def close_slow_consumer(self, reason):
         """Closes with 4008 and counts why, once: later reasons find it closing."""

@@ -51,7 +51,7 @@ def test_dispatch_is_channels_dispatch_without_the_database_hop():
     """Tests that Channels' AsyncConsumer.dispatch is still the one ChatConsumer.dispatch
     copies without the database hop: an upgrade that changes it must be looked at."""
     assert body(AsyncConsumer.dispatch) == CHANNELS_DISPATCH
-    ours = body(ChatConsumer.dispatch)
+    ours = body(ChatConsumer.handle)
     assert "handler = getattr(self, get_handler_name(message), None)" in ours
     assert "await handler(message)" in ours
 
