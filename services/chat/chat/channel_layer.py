@@ -102,7 +102,11 @@ class FanOutShardConnection(RedisSingleShardConnection):
             super()._receive_message(message)
             return
         data = message["data"]
-        event, shared = self.channel_layer.channel_layer.decode(data), {}
+        try:
+            event, shared = self.channel_layer.channel_layer.decode(data), {}
+        except Exception:  # noqa: BLE001 - each consumer then fails on it alone, as before
+            super()._receive_message(message)
+            return
         for channel_name in layer.groups.get(name, ()):
             queue = layer.channels.get(channel_name)
             if queue is None:
@@ -130,6 +134,10 @@ class ChatLoopLayer(RedisPubSubLoopLayer):
         self.attached = {}  # group channel -> {channel name: member}
         shards = getattr(self, "_shards", ())
         self._shards = [FanOutShardConnection(shard.host, self) for shard in shards]
+
+    async def flush(self):
+        self.attached = {}
+        await super().flush()
 
     async def _subscribe_to_channel(self, channel):
         self.channels[channel] = BoundedChannelQueue(
@@ -184,12 +192,14 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
 
     async def release_channel(self, channel_name, group=None):
         layer = self._get_layer()
-        if group is not None:
-            # A consumer cancelled before its disconnect never left its group.
-            self.detach(group, channel_name)
-            await self.group_discard(group, channel_name)
-        if layer.channels.pop(channel_name, None) is not None:
-            await layer._get_shard(channel_name).unsubscribe(channel_name)
+        try:
+            if group is not None:
+                # A consumer cancelled before its disconnect never left its group.
+                self.detach(group, channel_name)
+                await self.group_discard(group, channel_name)
+        finally:
+            if layer.channels.pop(channel_name, None) is not None:
+                await layer._get_shard(channel_name).unsubscribe(channel_name)
 
     def occupancy(self):
         """(consumer channels, groups) subscribed in this layer, on every loop."""

@@ -47,9 +47,11 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         self.delivery_lock = asyncio.Lock()
         self.catch_up_task = None
         self.closes_database_connections = uses_database()
-        # Fan-out (deliver_now) from the end of connect(), once its queue is handled.
+        # Fan-out (deliver_now) from the end of connect(), once its queue is handled,
+        # and not while a client's message is published: its ack goes before its echo.
         self.inbox = None
         self.live = False
+        self.publishing = False
 
     @property
     def write_flow(self):
@@ -142,6 +144,9 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             self.log_layer_error("presence_join", error)
         self.live = True
 
+    async def leave_unfinished(self):
+        await self.disconnect(None)
+
     async def refuse(self, subprotocol, headers, error, code):
         await self.accept(subprotocol, headers)
         if error:
@@ -172,6 +177,13 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             await self.send(text_data=error.frame())
             return
         message, ref = accepted
+        self.publishing = True
+        try:
+            await self.publish(message, ref)
+        finally:
+            self.publishing = False
+
+    async def publish(self, message, ref):
         # Store, number and send to room group in one step
         try:
             with metrics.group_send_duration.time():
@@ -194,7 +206,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         other kind of event, is left to the queue and chat_message()."""
         if not self.live or event["type"] != "chat.message":
             return False
-        if self.inbox.unhandled or self.delivery_lock.locked():
+        if self.inbox.unhandled or self.delivery_lock.locked() or self.publishing:
             return False
         write_flow = self.write_flow
         if write_flow is None or not write_flow.ready_to_write():

@@ -109,7 +109,8 @@ RESOURCES = {
     "layer_channels": "Consumer channels subscribed in this replica's channel layer.",
     "layer_groups": "Room groups with a member in this replica's channel layer.",
     "asyncio_tasks": "Tasks alive on the replica's event loop.",
-    "gc_objects": "Objects alive after a full collection, but those frozen at start-up.",
+    "gc_objects": "Objects the collector tracks, but those frozen at start-up; counted"
+    " after a full collection while no connection is open.",
 }
 
 

@@ -33,7 +33,7 @@ def chat_redis(url, **options):
         ),
         **options,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns it: aclose() closes it
 
 
 def refuses_writes(error):

@@ -108,7 +108,7 @@ class Replica:
             "layer_channels": channels,
             "layer_groups": groups,
             "asyncio_tasks": tasks,
-            "gc_objects": live_objects(),
+            "gc_objects": live_objects(collect=not self.connections),
         }
 
     def start_draining(self):
@@ -161,6 +161,8 @@ class Replica:
             "Redis is back: restoring %d connections, %d rooms", len(consumers), len(rooms)
         )
         for consumer in consumers:
+            if consumer not in self.connections:
+                continue  # left meanwhile: its channel is gone
             try:
                 # Group memberships: kept in Redis by the core layer. The pub/sub
                 # layer's subscriptions are renewed by redis-py on reconnect; this is
@@ -203,10 +205,12 @@ async def retrying(name, step, argument):
                 await asyncio.sleep(RECOVERY_RETRY_DELAY * attempt)
 
 
-def live_objects():
-    """Objects alive, after a full collection, but those frozen at start-up
-    (chatsite.serve): what load leaves behind shows, not garbage not yet collected."""
-    gc.collect()
+def live_objects(collect):
+    """Objects the collector tracks, but those frozen at start-up (chatsite.serve).
+    With `collect` (an idle replica, where it costs nothing), after a full collection:
+    what load left behind, not garbage not yet collected."""
+    if collect:
+        gc.collect()
     return len(gc.get_objects())
 
 

@@ -42,12 +42,20 @@ class RoomMember:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            # Daphne cancels a consumer still running 10 s after its socket closed:
+            # then its disconnect has not run, and it would stay counted for good.
+            if self.joined:
+                await self.leave_unfinished()
             try:
                 await release_channel(
                     self.channel_layer, getattr(self, "channel_name", None), self.room_group_name
                 )
             except LAYER_ERRORS as error:
                 self.log_layer_error("release_channel", error)
+
+    async def leave_unfinished(self):
+        """Leaves the room of a consumer that ended without its disconnect."""
+        self.count_leave()
 
     def resolve_room(self):
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]

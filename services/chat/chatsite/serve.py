@@ -208,6 +208,7 @@ class DrainingServer(Server):
         reactor.callWhenRunning(self.configure_websockets)
         # What start-up made lives as long as the process: the collector need not
         # walk it again on every full collection.
+        gc.collect()
         gc.freeze()
         super().run()
 

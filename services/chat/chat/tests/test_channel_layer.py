@@ -76,7 +76,8 @@ async def test_dispatch_makes_no_database_hop_after_django_filled_in_databases(m
 
     monkeypatch.setattr(channels_consumer, "aclose_old_connections", aclose_old_connections)
     monkeypatch.setattr(settings, "DATABASES", {})
-    connections.settings = connections.configure_settings(None)  # what Django does lazily
+    # What Django does the first time a connection is asked for:
+    monkeypatch.setattr(connections, "settings", connections.configure_settings(None))
     assert settings.DATABASES, "Django no longer fills in DATABASES: simplify uses_database()"
     delivered = []
 

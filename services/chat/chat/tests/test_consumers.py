@@ -1,3 +1,4 @@
+import asyncio
 import json
 
 import pytest
@@ -370,3 +371,24 @@ async def test_live_gap_is_filled_from_the_history(replica):
 
 async def _nothing():
     return None
+
+
+async def test_a_consumer_cancelled_before_its_disconnect_leaves_the_room(replica):
+    """Tests what Daphne does to a consumer still running 10 s after its socket closed
+    (it cancels it): the consumer must not stay counted, listed or in its group."""
+    application = URLRouter([re_path(ROOM_PATH, ChatConsumer.as_asgi())])
+    communicator = await join(application)
+    await replayed(communicator)
+    assert len(replica.connections) == 1
+    communicator.future.cancel()
+    for _ in range(50):  # its leave is announced after CHAT_PRESENCE_COALESCE_MS
+        await asyncio.sleep(0.05)
+        if not replica.connections and replica.presence.settled():
+            break
+    assert replica.connections == set()
+    joiner = await join(application)
+    await replayed(joiner)
+    presence = await joiner.receive_json_from()
+    assert presence["type"] == "presence"
+    assert presence["count"] == 1, presence
+    await joiner.disconnect()
