@@ -28,9 +28,11 @@ slow client's messages wait in its queue from Redis, which is bounded too.
 
 import asyncio
 import gc
+import inspect
 import logging
 import os
 import signal
+import socket
 import sys
 
 import uvloop
@@ -42,11 +44,15 @@ from chatsite import settings as chat_settings
 EVENT_LOOPS = {"uvloop": uvloop.EventLoopPolicy, "asyncio": asyncio.DefaultEventLoopPolicy}
 asyncio.set_event_loop_policy(EVENT_LOOPS[chat_settings.CHAT_EVENT_LOOP]())
 
+from autobahn.twisted.websocket import WebSocketServerFactory  # noqa: E402
+from autobahn.websocket.protocol import (  # noqa: E402
+    WebSocketProtocol as AutobahnWebSocketProtocol,
+)
 from daphne.cli import CommandLineInterface  # noqa: E402
 from daphne.server import Server  # noqa: E402
 from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
 from django.conf import settings  # noqa: E402
-from twisted.internet import reactor  # noqa: E402
+from twisted.internet import reactor, tcp  # noqa: E402
 
 from chat import metrics, protocol  # noqa: E402
 from chat.replica import current  # noqa: E402
@@ -140,8 +146,37 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         prepared = shared.get(self.factory)
         if prepared is None:
             prepared = shared[self.factory] = self.factory.prepareMessage(text.encode())
-        self.sendPreparedMessage(prepared)
+        if self._perMessageCompress is None:
+            self.write_now(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
         return True
+
+    def write_now(self, data):
+        """Writes to the socket at once if Twisted holds nothing for it, as asyncio's
+        transports do: Twisted would buffer the frame and register the socket for
+        writing (two epoll_ctl calls and a turn of the loop per frame). What the
+        socket does not take, and all while Twisted holds something, goes through
+        Twisted's buffer, in order."""
+        transport = self.transport
+        if (
+            transport.dataBuffer
+            or transport._tempDataBuffer
+            or not transport.connected
+            or transport.disconnecting
+            or transport._writeDisconnected
+        ):
+            transport.write(data)
+            return
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            transport.write(data)  # Twisted finds the connection lost
+            return
+        if sent < len(data):
+            transport.write(data[sent:])
 
     def wake_writers(self, drained):
         waiters, self.drain_waiters = self.drain_waiters, []
@@ -191,6 +226,45 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         super().dropConnection(abort=abort and not self.wasClean)
 
 
+class WriteInternalsChanged(RuntimeError):
+    """Twisted or autobahn is not what ChatWebSocketProtocol's writes were written for."""
+
+
+def check_write_internals():
+    """Fails loudly if Twisted or autobahn no longer work the way write_now() and
+    send_shared() use them (requirements.in bounds both)."""
+    problems = []
+    left, right = socket.socketpair()
+    try:
+        connection = tcp.Connection(left, None, reactor)
+        for name in WRITE_INTERNALS:
+            if not hasattr(connection, name):
+                problems.append(f"a Twisted TCP connection has no {name}")
+    finally:
+        left.close()
+        right.close()
+    prepared = WebSocketServerFactory().prepareMessage(b"check")
+    if not isinstance(getattr(prepared, "payloadHybi", None), bytes):
+        problems.append("autobahn's prepared message has no framed payloadHybi")
+    # Where autobahn sets it for each connection (its base protocol's _connectionMade).
+    made = AutobahnWebSocketProtocol._connectionMade
+    if "self._perMessageCompress = None" not in inspect.getsource(made):
+        problems.append("autobahn keeps the negotiated compression elsewhere")
+    if problems:
+        raise WriteInternalsChanged("; ".join(problems))
+
+
+# What write_now() reads of a Twisted connection to know it holds nothing to write.
+WRITE_INTERNALS = (
+    "socket",
+    "dataBuffer",
+    "_tempDataBuffer",
+    "connected",
+    "disconnecting",
+    "_writeDisconnected",
+)
+
+
 class DrainingServer(Server):
     def __init__(self, *args, **kwargs):
         # Frames over the limit close the connection (1009) before being buffered.
@@ -202,6 +276,7 @@ class DrainingServer(Server):
         self.drain_deadline = None
 
     def run(self):
+        check_write_internals()  # at start-up, not on the first message
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.on_signal)
         # run() makes the factory; the reactor accepts no connection before this.
@@ -251,8 +326,8 @@ class DrainingServer(Server):
         seconds = settings.CHAT_DRAIN_SECONDS
         logger.warning("%s: draining %d WebSockets over %d s", signal_name, len(sockets), seconds)
         interval = seconds / len(sockets) if sockets else 0
-        for number, socket in enumerate(sockets):
-            reactor.callLater(number * interval, self.close_socket, socket)
+        for number, websocket in enumerate(sockets):
+            reactor.callLater(number * interval, self.close_socket, websocket)
         self.drain_deadline = reactor.seconds() + seconds + CLEANUP_SECONDS
         reactor.callLater(POLL_SECONDS, self.stop_when_drained)
 

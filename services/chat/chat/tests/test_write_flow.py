@@ -1,9 +1,13 @@
 """The WebSocket protocol's write flow (chatsite.serve): how a consumer waits for a
 slow client's socket, and hears when the connection goes."""
 
-import pytest
+import socket as stdlib_socket
 
-from chatsite.serve import ChatWebSocketProtocol
+import pytest
+from twisted.internet import reactor, tcp
+
+from chatsite import serve
+from chatsite.serve import ChatWebSocketProtocol, check_write_internals
 
 
 class Transport:
@@ -59,3 +63,49 @@ async def test_a_closing_socket_is_not_waited_for(socket):
     socket.pauseProducing()
     socket.state = ChatWebSocketProtocol.STATE_CLOSING
     assert socket.writable().result() is False
+
+
+# Writes of the fan-out: at once to the socket when Twisted holds nothing for it.
+
+
+def test_the_internals_the_writes_rely_on_are_there():
+    check_write_internals()
+
+
+def test_a_changed_twisted_fails_the_check(monkeypatch):
+    monkeypatch.setattr(serve, "WRITE_INTERNALS", (*serve.WRITE_INTERNALS, "_renamedBuffer"))
+    with pytest.raises(serve.WriteInternalsChanged, match="_renamedBuffer"):
+        check_write_internals()
+
+
+@pytest.fixture
+def connected():
+    """A protocol on a real Twisted TCP connection over a socket pair: (protocol, peer)."""
+    mine, peer = stdlib_socket.socketpair()
+    peer.setblocking(False)
+    protocol = ChatWebSocketProtocol()
+    protocol.state = ChatWebSocketProtocol.STATE_OPEN
+    protocol.transport = tcp.Connection(mine, protocol, reactor)
+    protocol.transport.connected = True
+    yield protocol, peer
+    mine.close()
+    peer.close()
+
+
+def test_a_frame_goes_to_the_socket_at_once(connected):
+    protocol, peer = connected
+    protocol.write_now(b"frame 1")
+    assert peer.recv(100) == b"frame 1"
+    assert not protocol.transport._tempDataBuffer
+
+
+def test_a_frame_waits_behind_what_twisted_holds(connected):
+    """Tests the order: a frame written while Twisted still holds an earlier one for
+    the socket is queued behind it, not sent past it."""
+    protocol, peer = connected
+    protocol.transport.write(b"frame 1")  # buffered until the reactor's next turn
+    protocol.write_now(b"frame 2")
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
+    protocol.transport.doWrite()
+    assert peer.recv(100) == b"frame 1frame 2"
