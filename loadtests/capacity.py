@@ -8,6 +8,7 @@ capacity.csv and capacity.md beside the load test results.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -15,8 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from websockets.exceptions import ConnectionClosed
+
 from harness.client import join
 from harness.cluster import LocalCluster
+from harness.http import replica_gauges
 from harness.processes import process_tree, total_rss_kb
 from harness.results import RESULTS_DIR, markdown_table, write_csv
 
@@ -32,14 +36,31 @@ def memory(cluster):
     }
 
 
-async def open_connections(cluster, count, rooms, opened):
+async def open_connections(cluster, count, rooms, opened, readers):
     def one(index):
         return join(cluster, f"idle-{index % rooms}", open_timeout=60, ping_interval=None)
 
     start = len(opened)
     for first in range(start, start + count, BATCH):
         batch = range(first, min(first + BATCH, start + count))
-        opened.extend(await asyncio.gather(*(one(index) for index in batch)))
+        clients = await asyncio.gather(*(one(index) for index in batch))
+        opened.extend(clients)
+        readers.extend(asyncio.create_task(keep_reading(client)) for client in clients)
+
+
+async def keep_reading(client):
+    """Reads what an idle member is sent (its room's presence), as a browser does: a
+    client that reads nothing is closed as a slow consumer (4008)."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await client.socket.recv()
+
+
+def connections_open(cluster):
+    return sum(
+        replica["chat_connections_open"]
+        for replica in replica_gauges(cluster, ["chat_connections_open"])
+    )
 
 
 async def measure(args):
@@ -51,19 +72,24 @@ async def measure(args):
     run_dir = Path(tempfile.mkdtemp(prefix="capacity-"))
     cluster = LocalCluster(run_dir, args.replicas)
     cluster.up()
-    rows, opened = [], []
+    rows, opened, readers = [], [], []
     try:
         for target in steps:
-            await open_connections(cluster, target - len(opened), args.rooms, opened)
+            await open_connections(cluster, target - len(opened), args.rooms, opened, readers)
             await asyncio.sleep(args.settle)
             row = {"connections": len(opened), **memory(cluster)}
+            # Every connection is still open on the replicas, not only on this side.
+            assert connections_open(cluster) == len(opened), (connections_open(cluster), row)
             rows.append(row)
             print(json.dumps(row), flush=True)
         # Every connection is still alive: a message reaches one room's members.
+        readers[-1].cancel()
         await opened[-1].say("still here")
         frame = await opened[-1].receive_chat(10)
         assert frame["message"] == "still here", frame
     finally:
+        for reader in readers:
+            reader.cancel()
         await asyncio.gather(*(client.close() for client in opened), return_exceptions=True)
         cluster.down()
     return rows, limit, hard
