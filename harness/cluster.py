@@ -51,9 +51,12 @@ class LocalCluster:
     settings: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        base = free_port_block(self.replicas + 3)
-        self.lb_port, self.redis_port, self.prometheus_port = base, base + 1, base + 2
-        self.chat_port = base + 3
+        self.redis_shards = int(self.settings.get("REDIS_SHARDS", 1))
+        base = free_port_block(self.replicas + self.redis_shards + 2)
+        # nginx, the Redis shards (REDIS_PORT + N - 1), Prometheus, the replicas.
+        self.lb_port, self.redis_port = base, base + 1
+        self.prometheus_port = base + self.redis_shards + 1
+        self.chat_port = base + self.redis_shards + 2
         # The service's own settings come only from `settings`, never from the
         # shell or from the unit tests' settings module in this process.
         inherited = {
@@ -120,6 +123,10 @@ class LocalCluster:
     @property
     def origin(self):
         return self.lb_url
+
+    @property
+    def redis_ports(self):
+        return [self.redis_port + shard for shard in range(self.redis_shards)]
 
     def replica_port(self, number):
         return self.chat_port + number - 1

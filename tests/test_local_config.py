@@ -168,6 +168,28 @@ def test_supervisord_runs_every_program_on_its_port(tmp_path):
     assert sections["supervisord"]["pidfile"] == str(settings.pid_file)
 
 
+def test_each_redis_shard_runs_on_its_port_and_every_replica_uses_them_all(tmp_path):
+    """Tests REDIS_SHARDS: shard N on REDIS_PORT + N - 1 with a directory of its own,
+    supervised as redis, redis-2, ...; every replica gets every shard in REDIS_URLS."""
+    settings = cluster(tmp_path, REPLICAS="2", REDIS_SHARDS="3", **PORTS)
+    assert settings.redis_ports == {"redis": 31380, "redis-2": 31381, "redis-3": 31382}
+    files = render(settings)
+    sections = supervisord_sections(files["supervisord.conf"])
+    for name, port in settings.redis_ports.items():
+        assert re.search(rf"^port {port}$", files[f"{name}.conf"], re.M)
+        assert f"dir {settings.run_dir}/{name}\n" in files[f"{name}.conf"]
+        program = sections[f"program:{name}"]
+        assert program["command"] == f"{PROGRAMS.redis_server} {settings.run_dir}/{name}.conf"
+        assert settings.run_dir / name in settings.directories
+    urls = environment_of(sections["program:chat-1"])["REDIS_URLS"].split(",")
+    assert urls == [f"redis://127.0.0.1:{port}/0" for port in (31380, 31381, 31382)]
+
+
+def test_a_redis_shard_may_not_take_a_replicas_port(tmp_path):
+    with pytest.raises(config.ClusterError, match="overlap"):
+        cluster(tmp_path, REDIS_SHARDS="2", REDIS_PORT="31000", CHAT_PORT="31001").ports()
+
+
 @pytest.mark.parametrize("drain", ["0", "10", "45"])
 def test_stopwaitsecs_outlasts_the_drain_and_its_cleanup(tmp_path, drain):
     """Tests that supervisord waits CHAT_DRAIN_SECONDS plus twice the cleanup before it

@@ -42,7 +42,7 @@ def up(config, supervisor, timeout):
         f"  Chat        {config.lb_url}/chat/lobby/   (open it in two tabs)\n"
         f"  Replicas    http://{HOST}:{ports[0]} ... http://{HOST}:{ports[-1]}\n"
         f"  Prometheus  {config.prometheus_url}/targets\n"
-        f"  Redis       {config.redis_url}\n"
+        f"  Redis       {' '.join(config.redis_urls)}\n"
         f"  Logs        {config.log_dir}   (make logs, make status, make down)"
     )
 
@@ -107,6 +107,7 @@ def describe(config, supervisor):
                 "prometheus_url": config.prometheus_url,
                 "replica_ports": config.replica_ports,
                 "redis_url": config.redis_url,
+                "redis_urls": config.redis_urls,
                 "log_dir": str(config.log_dir),
                 "supervisor_pid": supervisor.pid(),
                 # The names `status` prints first; null for a stopped program.

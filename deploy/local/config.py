@@ -153,6 +153,7 @@ class ClusterConfig:
     ws_handshake_burst: int
     redis_maxmemory: str = "0"
     redis_maxmemory_policy: str = "noeviction"
+    redis_shards: int = 1
     # The SERVICE_SETTINGS that are set, passed on to every replica.
     service_settings: dict = field(default_factory=dict)
 
@@ -181,6 +182,7 @@ class ClusterConfig:
                 "LB_WS_HANDSHAKE_BURST", defaults, environ, minimum=0, maximum=1_000_000
             ),
             redis_maxmemory=redis_memory_setting(defaults, environ),
+            redis_shards=int_setting("REDIS_SHARDS", defaults, environ, maximum=16),
             redis_maxmemory_policy=choice_setting(
                 "REDIS_MAXMEMORY_POLICY", REDIS_MAXMEMORY_POLICIES, defaults, environ
             ),
@@ -198,7 +200,8 @@ class ClusterConfig:
     @property
     def directories(self):
         """The directories the generated files and the programs write into."""
-        return (self.run_dir, self.log_dir, self.run_dir / "nginx", self.run_dir / "redis")
+        redis_dirs = tuple(self.run_dir / name for name in self.redis_ports)
+        return (self.run_dir, self.log_dir, self.run_dir / "nginx", *redis_dirs)
 
     @property
     def pid_file(self):
@@ -223,18 +226,31 @@ class ClusterConfig:
         return {f"chat-{n}": self.chat_port + n - 1 for n in range(1, self.replicas + 1)}
 
     @property
+    def redis_ports(self):
+        """Each Redis shard's port, by program name: redis, then redis-2 ... redis-N."""
+        return {
+            ("redis" if n == 1 else f"redis-{n}"): self.redis_port + n - 1
+            for n in range(1, self.redis_shards + 1)
+        }
+
+    @property
     def program_ports(self):
         """The port of every supervised program that listens on one, by program name."""
         return {
             **self.replica_ports,
             "nginx": self.lb_port,
-            "redis": self.redis_port,
+            **self.redis_ports,
             "prometheus": self.prometheus_port,
         }
 
     @property
     def redis_url(self):
-        return f"redis://{HOST}:{self.redis_port}/0"
+        """The first shard's URL."""
+        return self.redis_urls[0]
+
+    @property
+    def redis_urls(self):
+        return [f"redis://{HOST}:{port}/0" for port in self.redis_ports.values()]
 
     @property
     def lb_url(self):
@@ -257,11 +273,9 @@ class ClusterConfig:
 
     def ports(self):
         """Every port the cluster listens on, by the setting that chose it; they must differ."""
-        ports = {
-            "LB_PORT": self.lb_port,
-            "REDIS_PORT": self.redis_port,
-            "PROMETHEUS_PORT": self.prometheus_port,
-        }
+        ports = {"LB_PORT": self.lb_port, "PROMETHEUS_PORT": self.prometheus_port}
+        for name, port in self.redis_ports.items():
+            ports[f"REDIS_PORT ({name})"] = port
         for name, port in self.replica_ports.items():
             ports[f"CHAT_PORT ({name})"] = port
         if len(set(ports.values())) != len(ports):
@@ -290,7 +304,7 @@ class ClusterConfig:
             "CHAT_REPLICA_ID": name,
             # The drain that stop_wait_seconds allows for.
             "CHAT_DRAIN_SECONDS": str(self.drain_seconds),
-            "REDIS_URLS": self.redis_url,
+            "REDIS_URLS": ",".join(self.redis_urls),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -339,14 +353,34 @@ def rendered_files(config, programs, secret_key, run_as_root):
         )
         for name, port in config.replica_ports.items()
     )
+    redis_programs = "".join(
+        render(
+            DEPLOY / "local" / "redis-program.conf.template",
+            name=name,
+            redis_server=programs.redis_server,
+            run_dir=config.run_dir,
+            log_dir=config.log_dir,
+        )
+        for name in config.redis_ports
+    )
+    redis_files = {
+        f"{name}.conf": render(
+            DEPLOY / "redis" / "redis.conf.template",
+            redis_maxmemory=config.redis_maxmemory,
+            redis_maxmemory_policy=config.redis_maxmemory_policy,
+            redis_dir=config.run_dir / name,
+            **{**values, "redis_port": port},
+        )
+        for name, port in config.redis_ports.items()
+    }
     return {
         "supervisord.conf": render(
             DEPLOY / "local" / "supervisord.conf.template",
-            redis_server=programs.redis_server,
             nginx=programs.nginx,
             prometheus=programs.prometheus,
             replica_names=",".join(config.replica_ports),
             replica_programs=replica_programs,
+            redis_programs=redis_programs,
             **values,
         ),
         "nginx.conf": render(
@@ -359,12 +393,7 @@ def rendered_files(config, programs, secret_key, run_as_root):
             ws_handshake_burst=config.ws_handshake_burst,
             **values,
         ),
-        "redis.conf": render(
-            DEPLOY / "redis" / "redis.conf.template",
-            redis_maxmemory=config.redis_maxmemory,
-            redis_maxmemory_policy=config.redis_maxmemory_policy,
-            **values,
-        ),
+        **redis_files,
         "prometheus.yml": render(
             DEPLOY / "prometheus" / "prometheus.local.yml.template",
             metrics_path=config.metrics_path,

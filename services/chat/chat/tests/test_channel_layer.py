@@ -1,6 +1,7 @@
 import ast
 import inspect
 import textwrap
+from collections import Counter
 
 import pytest
 from channels import consumer as channels_consumer
@@ -9,7 +10,7 @@ from channels_redis.pubsub import RedisPubSubLoopLayer
 from django.conf import settings
 from django.db import connections
 
-from chat.channel_layer import ChannelLayerMismatch, ChatChannelLayer
+from chat.channel_layer import ChannelLayerMismatch, ChatChannelLayer, shard_of
 from chat.consumers import ChatConsumer
 
 HOSTS = ["redis://127.0.0.1:1/0"]  # never connected to: the checks are offline
@@ -89,3 +90,37 @@ async def test_dispatch_makes_no_database_hop_after_django_filled_in_databases(m
     await consumer.dispatch({"type": "chat.message"})
     assert delivered
     assert not hops
+
+
+@pytest.mark.parametrize(
+    ("rooms", "shards", "fewest"),
+    # channels_redis' CRC gives these 2 of 10, 32 of 100 and 22 of 100.
+    [(10, 2, 3), (100, 2, 35), (100, 3, 25)],
+)
+async def test_sequential_room_names_spread_over_the_shards(rooms, shards, fewest):
+    """Tests the sharding policy where channels_redis' CRC clusters: rooms that differ
+    only in a number."""
+    layer = ChatChannelLayer(hosts=HOSTS * shards)
+    counts = Counter(layer.shard_of(f"chat_room-{n}", shards) for n in range(rooms))
+    assert len(counts) == shards
+    assert min(counts.values()) >= fewest, counts
+
+
+async def test_the_layer_subscribes_a_group_on_the_shard_its_keys_live_on():
+    """Tests the one sharding policy: where the loop layer subscribes a group's channel
+    is where chat.history and chat.presence keep the room's keys."""
+    layer = ChatChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0" for port in (1, 2, 3)])
+    loop_layer = layer._get_layer()
+    for n in range(30):
+        group = f"chat_room-{n}"
+        chosen = loop_layer._get_shard(layer.group_channel(group))
+        assert chosen is loop_layer._shards[shard_of(layer, group, 3)]
+
+
+def test_a_layer_that_shards_elsewhere_fails_the_check(monkeypatch):
+    async def group_add(self, group, channel):
+        return self.channels
+
+    monkeypatch.setattr(RedisPubSubLoopLayer, "group_add", group_add)
+    with pytest.raises(ChannelLayerMismatch, match="group_add"):
+        ChatChannelLayer(hosts=HOSTS).check_internals()
