@@ -14,24 +14,28 @@ def get(url, timeout=10):
         return error.code, dict(error.headers), error.read().decode()
 
 
+def replica_metrics(cluster):
+    """Each replica's /metrics text, scraped from its own port, in replica order."""
+    return [
+        get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics", timeout=5)[2]
+        for number in range(1, cluster.replicas + 1)
+    ]
+
+
 def replica_counter(cluster, metric, label):
-    """A labelled counter of every replica, scraped from their own ports and summed by
-    the label's value: {value: total}."""
+    """A labelled counter of every replica, summed by the label's value: {value: total}."""
     sample = re.compile(rf'^{metric}\{{{label}="([^"]*)"\}} (\S+)$', re.MULTILINE)
     totals = {}
-    for number in range(1, cluster.replicas + 1):
-        _, _, text = get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics", timeout=5)
+    for text in replica_metrics(cluster):
         for value, count in sample.findall(text):
             totals[value] = totals.get(value, 0) + float(count)
     return totals
 
 
 def replica_gauges(cluster, metrics):
-    """Unlabelled gauges of every replica, scraped from their own ports:
-    [{metric: value}] in replica order."""
+    """Unlabelled gauges of every replica: [{metric: value}] in replica order."""
     values = []
-    for number in range(1, cluster.replicas + 1):
-        _, _, text = get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics", timeout=5)
+    for text in replica_metrics(cluster):
         found = dict(re.findall(r"^(\w+) (\S+)$", text, re.MULTILINE))
         values.append({metric: float(found[metric]) for metric in metrics})
     return values

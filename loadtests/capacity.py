@@ -79,7 +79,8 @@ async def measure(args):
             await asyncio.sleep(args.settle)
             row = {"connections": len(opened), **memory(cluster)}
             # Every connection is still open on the replicas, not only on this side.
-            assert connections_open(cluster) == len(opened), (connections_open(cluster), row)
+            holding = connections_open(cluster)
+            assert holding == len(opened), (holding, row)
             rows.append(row)
             print(json.dumps(row), flush=True)
         # Every connection is still alive: a message reaches one room's members.

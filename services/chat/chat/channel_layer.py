@@ -105,7 +105,7 @@ class FanOutShardConnection(RedisSingleShardConnection):
             return
         data = message["data"]
         try:
-            event, shared = self.channel_layer.channel_layer.decode(data), {}
+            event, shared = layer.channel_layer.decode(data), {}
         except Exception:  # noqa: BLE001 - each consumer then fails on it alone, as before
             super()._receive_message(message)
             return
