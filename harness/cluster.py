@@ -128,6 +128,11 @@ class LocalCluster:
     def redis_ports(self):
         return [self.redis_port + shard for shard in range(self.redis_shards)]
 
+    @property
+    def redis_names(self):
+        """The Redis shards' program names, as `status` shows them: redis, redis-2 ..."""
+        return ["redis", *(f"redis-{n}" for n in range(2, self.redis_shards + 1))]
+
     def replica_port(self, number):
         return self.chat_port + number - 1
 

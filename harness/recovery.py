@@ -1,6 +1,8 @@
 """How long clients took to recover from a fault, from what they recorded: pure
 functions over ResumingClient.timeline, .losses, .resumed, .acks and .refusals."""
 
+import itertools
+
 
 def first_fresh_delivery(client, since):
     """When the client first received a message created at or after `since`, after it."""
@@ -34,3 +36,14 @@ def ack_recovery(clients, injected_at):
 def max_resume(clients):
     """The longest time a client took from losing its connection to resuming."""
     return max((back - lost for c in clients for lost, back in c.resumed), default=0)
+
+
+def longest_silence(clients, start, end):
+    """The longest time, over clients, between receptions of new messages within
+    [start, end] (its edges count as receptions)."""
+    worst = 0.0
+    for client in clients:
+        times = sorted(got for got, _ in client.timeline if start <= got <= end)
+        edges = [start, *times, end]
+        worst = max(worst, *(later - earlier for earlier, later in itertools.pairwise(edges)))
+    return worst

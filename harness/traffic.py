@@ -2,6 +2,7 @@
 what was sent, answered, delivered, lost and duplicated."""
 
 import asyncio
+import itertools
 import random
 import secrets
 from collections import Counter
@@ -17,10 +18,16 @@ LOST_EXAMPLES = 20  # lost messages described in the figures
 class Traffic:
     """Clients in fresh rooms of one cluster: join, send steadily, settle, count."""
 
-    def __init__(self, cluster, label, clients, rooms, rate, keep_timeline=True):
+    def __init__(self, cluster, label, clients, rooms, rate, keep_timeline=True, choose=None):
+        """`clients` spread over `rooms` fresh rooms; `choose(names)`, if given, picks the
+        rooms from a longer list of fresh names (e.g. some on each Redis shard)."""
         self.cluster = cluster
         self.prefix = f"{label}-{secrets.token_hex(3)}"
-        self.rooms = [f"{self.prefix}-r{number}" for number in range(rooms)]
+        if choose:
+            names = (f"{self.prefix}-r{number}" for number in itertools.count())
+            self.rooms = choose(names, rooms)
+        else:
+            self.rooms = [f"{self.prefix}-r{number}" for number in range(rooms)]
         self.rate = rate
         self.messages = {}  # ref -> Message
         self.clients = [
@@ -71,12 +78,12 @@ class Traffic:
         for task in running:
             task.cancel()
 
-    def acked_by_room(self):
-        rooms = {room: set() for room in self.rooms}
+    def acked_by_room(self, rooms=None):
+        acked = {room: set() for room in rooms or self.rooms}
         for message in self.messages.values():
-            if message.outcome == "acked":
-                rooms[message.client.room].add(message.key)
-        return rooms
+            if message.outcome == "acked" and message.client.room in acked:
+                acked[message.client.room].add(message.key)
+        return acked
 
     def settled(self):
         if any(client.pending or not client.ready.is_set() for client in self.clients):
@@ -118,26 +125,29 @@ class Traffic:
             "missing_on": [f"{c.name}@{c.replica}" for c in clients],
         }
 
-    def counts(self):
-        """The figures every run reports (loadtests/faults.py's docstring says each)."""
-        messages = list(self.messages.values())
-        acked = self.acked_by_room()
+    def counts(self, rooms=None):
+        """The figures every run reports (loadtests/faults.py's docstring says each), of
+        `rooms` only if given."""
+        rooms = rooms or self.rooms
+        clients = [client for client in self.clients if client.room in rooms]
+        messages = [m for m in self.messages.values() if m.client.room in rooms]
+        acked = self.acked_by_room(rooms)
         missing = Counter()
         lost = {}  # (room, key) -> clients that never received it
-        for client in self.clients:
+        for client in clients:
             absent = [key for key in acked[client.room] if key not in client.received]
             missing[client.name] = len(absent)
             for key in absent:
                 lost.setdefault((client.room, key), []).append(client)
         by_key = {(m.client.room, m.key): m for m in messages if m.outcome == "acked"}
-        delivered = [client.received.distinct() for client in self.clients]
+        delivered = [client.received.distinct() for client in clients]
         outcomes = Counter(message.outcome for message in messages)
         closes = Counter()
-        for client in self.clients:
+        for client in clients:
             closes.update(client.closes)
         return {
-            "clients": len(self.clients),
-            "rooms": len(self.rooms),
+            "clients": len(clients),
+            "rooms": len(rooms),
             "sent": len(messages),
             "resent": sum(max(m.attempts - 1, 0) for m in messages),
             "acked": outcomes["acked"],
@@ -154,28 +164,28 @@ class Traffic:
             "lost": len(lost),
             "missing_deliveries": sum(missing.values()),
             "lost_examples": [
-                self.describe_lost(by_key[room_key], clients)
-                for room_key, clients in sorted(lost.items(), key=lambda i: by_key[i[0]].created)
+                self.describe_lost(by_key[room_key], missed_by)
+                for room_key, missed_by in sorted(lost.items(), key=lambda i: by_key[i[0]].created)
             ][:LOST_EXAMPLES],
-            "duplicated": sum(client.received.duplicates() for client in self.clients),
+            "duplicated": sum(client.received.duplicates() for client in clients),
             "republished": sum(1 for m in messages if len(m.keys_seen | {m.key} - {None}) > 1),
-            "client_crashes": [c.crashed for c in self.clients if c.crashed],
+            "client_crashes": [c.crashed for c in clients if c.crashed],
             "refused_delivered": sum(1 for m in messages if m.outcome == "refused" and m.keys_seen),
-            "gaps": dict(sum((client.gaps for client in self.clients), Counter())),
-            "connections": sum(client.connection for client in self.clients),
-            "reconnects": sum(len(client.resumed) for client in self.clients),
-            "reconnects_per_client": [len(client.resumed) for client in self.clients],
-            "connection_losses_min": min((len(c.losses) for c in self.clients), default=0),
-            "unresumed": [c.name for c in self.clients if c.lost_at is not None],
+            "gaps": dict(sum((client.gaps for client in clients), Counter())),
+            "connections": sum(client.connection for client in clients),
+            "reconnects": sum(len(client.resumed) for client in clients),
+            "reconnects_per_client": [len(client.resumed) for client in clients],
+            "connection_losses_min": min((len(c.losses) for c in clients), default=0),
+            "unresumed": [c.name for c in clients if c.lost_at is not None],
             "closes": {str(code): n for code, n in sorted(closes.items(), key=str)},
             "connect_failures": dict(
-                sum((client.connect_failures for client in self.clients), Counter())
+                sum((client.connect_failures for client in clients), Counter())
             ),
-            "errors": dict(sum((client.errors for client in self.clients), Counter())),
-            "unknown_frames": sum(client.unknown_frames for client in self.clients),
+            "errors": dict(sum((client.errors for client in clients), Counter())),
+            "unknown_frames": sum(client.unknown_frames for client in clients),
             "odd_closes": [
                 {"client": c.name, "at_s": round(at - self.started, 2), "replica": r, "code": code}
-                for c in self.clients
+                for c in clients
                 for at, r, code in c.close_log
                 if code != CLOSE_SERVICE_RESTART
             ][:LOST_EXAMPLES],

@@ -16,6 +16,8 @@ rate, each with a unique ref. After --warmup seconds the fault is injected:
              connections break and every room's ids, history and refs are lost
     rolling  rolling restart of every replica (`cluster.py restart`): each drains
              (close 1012 over CHAT_DRAIN_SECONDS) and is ready before the next
+    shard    on a cluster of its own with REDIS_SHARDS=2 and rooms on both shards,
+             the second shard restarted (`cluster.py restart redis-2`) without its data
 
 Traffic goes on until --seconds have passed and at least --settle seconds after the
 injection finished; then sending stops and the run waits (at most --quiesce seconds)
@@ -50,7 +52,10 @@ Targets: for kill and rolling 0 lost, 0 duplicated, 0 republished, every message
 answered, and (rolling) every close the clients saw is 1012; for redis every
 acknowledged message delivered to every client of its room, everything else refused
 with an error, 0 duplicated, nothing refused delivered, and recovery (both) within
---recovery-limit (5) seconds. The exit status is 1 when a target is missed.
+--recovery-limit (5) seconds; for shard, the redis targets for the rooms on the
+restarted shard, and for the rooms on the other: nothing lost, duplicated, refused or
+unanswered, no error frame, reconnect or gap, and no client more than 1 s without a
+new message. The exit status is 1 when a target is missed.
 """
 
 import argparse
@@ -135,20 +140,21 @@ def main(argv=None):
     )
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     started = time.monotonic()
-    results, run_dir = asyncio.run(run(options, scenarios, args.run_dir))
+    results, run_dirs = asyncio.run(run(options, scenarios, args.run_dir))
     print()
     print(table(results))
     print()
     for result in results:
         print(details(result))
     elapsed = time.monotonic() - started
-    print(f"\n{len(results)} scenarios in {elapsed:.0f} s; replica logs in {run_dir}/logs")
+    logs = ", ".join(f"{directory}/logs" for directory in run_dirs)
+    print(f"\n{len(results)} scenarios in {elapsed:.0f} s; replica logs in {logs}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         document = {
             "command": " ".join(["python loadtests/faults.py", *(argv or sys.argv[1:])]),
             "options": asdict(options),
-            "run_dir": str(run_dir),
+            "run_dirs": [str(directory) for directory in run_dirs],
             "seconds": round(elapsed, 1),
             "results": results,
         }

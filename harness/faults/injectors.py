@@ -1,6 +1,7 @@
 """The faults, each injected into a running local cluster, noted in a `fault` dict:
 kill (SIGKILL to the busiest replica), redis (restarted without its data), rolling
-(every replica drained and restarted, one at a time)."""
+(every replica drained and restarted, one at a time), shard (the last of several Redis
+shards restarted without its data)."""
 
 import asyncio
 import os
@@ -54,15 +55,25 @@ async def inject_kill(cluster, traffic, fault):
     fault["back_after_s"] = asyncio.get_running_loop().time() - fault["injected_at"]
 
 
-async def inject_redis(cluster, traffic, fault):
-    pid = (await process_pids(cluster))["redis"]
-    fault["action"] = f"cluster.py restart redis (pid {pid}; nothing persisted)"
+async def restart_redis(cluster, name, fault):
+    pid = (await process_pids(cluster))[name]
+    fault["action"] = f"cluster.py restart {name} (pid {pid}; nothing persisted)"
     fault["injected_at"] = asyncio.get_running_loop().time()
-    result = await asyncio.to_thread(cluster.run, "restart", "redis", check=False)
+    result = await asyncio.to_thread(cluster.run, "restart", name, check=False)
     fault["back_after_s"] = asyncio.get_running_loop().time() - fault["injected_at"]
-    fault["restarted"] = {"redis": [pid, (await process_pids(cluster)).get("redis")]}
+    fault["restarted"] = {name: [pid, (await process_pids(cluster)).get(name)]}
     if result.returncode != 0:
-        fault["errors"].append(f"cluster.py restart redis: {last_line(result.stderr)}")
+        fault["errors"].append(f"cluster.py restart {name}: {last_line(result.stderr)}")
+
+
+async def inject_redis(cluster, traffic, fault):
+    await restart_redis(cluster, "redis", fault)
+
+
+async def inject_shard(cluster, traffic, fault):
+    """The last of the cluster's Redis shards restarts; the rooms on the others must not
+    notice."""
+    await restart_redis(cluster, cluster.redis_names[-1], fault)
 
 
 async def inject_rolling(cluster, traffic, fault):
@@ -90,4 +101,9 @@ async def inject_rolling(cluster, traffic, fault):
     fault["back_after_s"] = asyncio.get_running_loop().time() - fault["injected_at"]
 
 
-INJECTORS = {"kill": inject_kill, "redis": inject_redis, "rolling": inject_rolling}
+INJECTORS = {
+    "kill": inject_kill,
+    "redis": inject_redis,
+    "rolling": inject_rolling,
+    "shard": inject_shard,
+}

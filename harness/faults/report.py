@@ -46,6 +46,12 @@ def summary_line(result):
     return f"{result['scenario']}: {'ok' if result['passed'] else 'FAILED'}: {figures}"
 
 
+def shard_line(figures):
+    keys = ("rooms", "sent", "acked", "refused", "unanswered", "lost", "duplicated", "gaps")
+    keys += ("reconnects", "recovery_s", "ack_recovery_s", "longest_silence_s")
+    return ", ".join(f"{key} {figures[key]}" for key in keys)
+
+
 def details(result):
     """What the table leaves out: the fault, the spread, missed targets, log findings."""
     fault = result["fault"]
@@ -73,6 +79,8 @@ def details(result):
         lines.extend(
             f"  close not {CLOSE_SERVICE_RESTART}: {close}" for close in result["odd_closes"][:10]
         )
+    for part, figures in result.get("shards", {}).items():
+        lines.append(f"  rooms on the {part} shard: {shard_line(figures)}")
     for target, met in result["targets"].items():
         if not met:
             lines.append(f"  MISSED: {target}")

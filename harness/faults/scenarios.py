@@ -5,17 +5,22 @@ import asyncio
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..cluster import LocalCluster
 from ..logs import log_findings, log_offsets
-from ..recovery import ack_recovery, delivery_recovery, max_resume
+from ..recovery import ack_recovery, delivery_recovery, longest_silence, max_resume
+from ..shards import room_shard, rooms_across_shards
 from ..traffic import Traffic
 from .injectors import INJECTORS, wait_ready
 from .report import summary_line
 from .targets import targets
 
 SCENARIOS = tuple(INJECTORS)
+# What a scenario's cluster needs beyond Options.settings; scenarios that need the
+# same share one cluster.
+CLUSTER_SETTINGS = {"shard": {"REDIS_SHARDS": "2"}}
 INJECTION_TIMEOUT_S = 180
 # Beyond every phase of a scenario, a hard bound for the clients' connection loops.
 CONNECTION_LOOP_SPARE_S = 150
@@ -44,7 +49,10 @@ async def run_scenario(cluster, scenario, options):
     loop = asyncio.get_running_loop()
     await wait_ready(cluster)
     offsets = log_offsets(cluster)
-    traffic = Traffic(cluster, scenario, options.clients, options.rooms, options.rate)
+    choose = partial(rooms_across_shards, cluster) if cluster.redis_shards > 1 else None
+    traffic = Traffic(
+        cluster, scenario, options.clients, options.rooms, options.rate, choose=choose
+    )
     deadline = loop.time() + options.seconds + options.quiesce + CONNECTION_LOOP_SPARE_S
     fault = {"action": None, "injected_at": None, "errors": []}
     try:
@@ -65,7 +73,8 @@ async def run_scenario(cluster, scenario, options):
         remaining = max(sending_until - loop.time(), injected_done + options.settle - loop.time())
         await asyncio.sleep(max(remaining, 0))
         await traffic.stop_sending()
-        traffic_seconds = loop.time() - started
+        stopped = loop.time()
+        traffic_seconds = stopped - started
         quiesced, settled = await traffic.quiesce(options.quiesce)
         if not injection.done():
             injection.cancel()
@@ -90,29 +99,64 @@ async def run_scenario(cluster, scenario, options):
         "max_resume_s": round(max_resume(traffic.clients), 2),
         "logs": log_findings(cluster, offsets),
     }
+    if scenario == "shard":
+        figures["shards"] = shard_figures(cluster, traffic, injected_at, stopped)
     figures["targets"] = targets(scenario, figures, options.recovery_limit)
     figures["passed"] = all(figures["targets"].values())
     return figures
 
 
-def start_cluster(options, run_dir=None):
+def shard_figures(cluster, traffic, injected_at, stopped):
+    """The figures of the rooms on the restarted (last) shard and of the others apart;
+    silences are measured from the injection until sending stopped."""
+    restarted = cluster.redis_shards - 1
+    rooms = {"untouched": [], "restarted": []}
+    for room in traffic.rooms:
+        rooms["restarted" if room_shard(cluster, room) == restarted else "untouched"].append(room)
+    figures = {}
+    for part, names in rooms.items():
+        clients = [client for client in traffic.clients if client.room in names]
+        figures[part] = {
+            **traffic.counts(names),
+            "recovery_s": round(delivery_recovery(clients, injected_at), 2),
+            "ack_recovery_s": round(ack_recovery(clients, injected_at), 2),
+            "longest_silence_s": round(longest_silence(clients, injected_at, stopped), 2),
+        }
+    return figures
+
+
+def start_cluster(options, run_dir=None, settings=None):
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="faults-"))
-    cluster = LocalCluster(run_dir, options.replicas, options.cluster_settings())
+    settings = {**options.cluster_settings(), **(settings or {})}
+    cluster = LocalCluster(run_dir, options.replicas, settings)
     cluster.up()
     return cluster
 
 
+def clusters_needed(scenarios):
+    """The scenarios grouped by the cluster settings they need, in their order."""
+    groups = {}
+    for scenario in scenarios:
+        settings = CLUSTER_SETTINGS.get(scenario, {})
+        groups.setdefault(tuple(sorted(settings.items())), []).append(scenario)
+    return [(dict(settings), names) for settings, names in groups.items()]
+
+
 async def run(options, scenarios=SCENARIOS, run_dir=None, report=print):
-    """Starts a cluster, runs the scenarios one after another, stops it by PID."""
-    cluster = await asyncio.to_thread(start_cluster, options, run_dir)
-    results = []
-    try:
-        for scenario in scenarios:
-            report(f"{scenario}: running ({cluster.run_dir})")
-            results.append(await run_scenario(cluster, scenario, options))
-            report(summary_line(results[-1]))
-    finally:
-        leftovers = await asyncio.to_thread(cluster.down)
-        if leftovers:
-            report(f"processes left running after down: {leftovers}")
-    return results, cluster.run_dir
+    """Starts a cluster for each kind the scenarios need, runs them one after another,
+    stops each by PID. Returns the figures and the run directories."""
+    results, run_dirs = [], []
+    for number, (settings, names) in enumerate(clusters_needed(scenarios)):
+        directory = Path(run_dir) / f"cluster-{number}" if run_dir else None
+        cluster = await asyncio.to_thread(start_cluster, options, directory, settings)
+        run_dirs.append(cluster.run_dir)
+        try:
+            for scenario in names:
+                report(f"{scenario}: running ({cluster.run_dir})")
+                results.append(await run_scenario(cluster, scenario, options))
+                report(summary_line(results[-1]))
+        finally:
+            leftovers = await asyncio.to_thread(cluster.down)
+            if leftovers:
+                report(f"processes left running after down: {leftovers}")
+    return results, run_dirs

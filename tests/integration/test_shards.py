@@ -1,20 +1,25 @@
 """Several Redis servers (REDIS_SHARDS=2): each room lives whole on one of them, fan-out
 across replicas stays exact for rooms on either, and every replica is ready on both."""
 
+import itertools
 import json
 import secrets
 
 import pytest
 import redis
 
-from chat.channel_layer import ChatChannelLayer, shard_of
-from chat.protocol import room_group_name
 from harness.client import join
+from harness.faults import scenarios
+from harness.faults.report import details, table
 from harness.http import get
+from harness.shards import rooms_per_shard
 
 from .conftest import start_cluster
 
 ROOMS_PER_SHARD = 3
+FAULT_OPTIONS = scenarios.Options(
+    clients=12, rooms=4, rate=5, seconds=8, warmup=3, settle=2, quiesce=15, drain_seconds=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +31,8 @@ def sharded(tmp_path_factory):
 
 def rooms_on_each_shard(cluster):
     """ROOMS_PER_SHARD new room names for each shard, by the chat's sharding policy."""
-    layer = ChatChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0" for port in cluster.redis_ports])
-    rooms = {shard: [] for shard in range(cluster.redis_shards)}
-    while any(len(names) < ROOMS_PER_SHARD for names in rooms.values()):
-        room = f"shard-{secrets.token_hex(4)}"
-        rooms[shard_of(layer, room_group_name(room), cluster.redis_shards)].append(room)
-    return {shard: names[:ROOMS_PER_SHARD] for shard, names in rooms.items()}
+    names = (f"shard-{secrets.token_hex(4)}" for _ in itertools.count())
+    return rooms_per_shard(cluster, names, ROOMS_PER_SHARD)
 
 
 def shards_holding(cluster, room):
@@ -70,3 +71,17 @@ def test_status_lists_every_shard(sharded):
     assert {"redis", "redis-2"} <= set(processes), processes
     status = sharded.run("status").stdout
     assert "redis-2" in status, status
+
+
+async def test_a_shard_restart_leaves_the_other_shards_rooms_untouched(sharded):
+    """Tests, under steady resuming traffic in rooms on both shards, that restarting the
+    second shard without its data neither interrupts nor errs the rooms on the first,
+    and that its own rooms recover as from a Redis restart (make chaos runs it larger).
+    Last in this module: it restarts a shard of the module's cluster."""
+    result = await scenarios.run_scenario(sharded, "shard", FAULT_OPTIONS)
+    report = f"\n{table([result])}\n{details(result)}"
+    print(report)
+    assert result["shards"]["untouched"]["rooms"] >= 1, report
+    assert result["shards"]["restarted"]["rooms"] >= 1, report
+    missed = [target for target, met in result["targets"].items() if not met]
+    assert not missed, f"missed {missed}:{report}"
