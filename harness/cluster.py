@@ -15,6 +15,7 @@ from .processes import pid_alive
 
 CLUSTER_SCRIPT = ROOT / "deploy" / "local" / "cluster.py"
 HOST = "127.0.0.1"
+SENTINELS = 3  # with REDIS_HA=sentinel (deploy/local/redis_servers.py)
 # Every client of the tests and load tests comes from 127.0.0.1: nginx's per-address
 # WebSocket limits (deploy/defaults.env's LB_WS_*) are raised out of their way, near
 # nginx's maxima. A cluster's own settings override them (tests/integration/test_edge.py).
@@ -52,11 +53,17 @@ class LocalCluster:
 
     def __post_init__(self):
         self.redis_shards = int(self.settings.get("REDIS_SHARDS", 1))
-        base = free_port_block(self.replicas + self.redis_shards + 2)
-        # nginx, the Redis shards (REDIS_PORT + N - 1), Prometheus, the replicas.
+        self.sentinel = self.settings.get("REDIS_HA") == "sentinel"
+        # With Sentinel each shard has a replica, and three Sentinels watch them.
+        redis_servers = self.redis_shards * (2 if self.sentinel else 1)
+        sentinels = SENTINELS if self.sentinel else 0
+        base = free_port_block(self.replicas + redis_servers + sentinels + 2)
+        # nginx, the Redis servers (REDIS_PORT + N - 1), the Sentinels, Prometheus,
+        # the replicas.
         self.lb_port, self.redis_port = base, base + 1
-        self.prometheus_port = base + self.redis_shards + 1
-        self.chat_port = base + self.redis_shards + 2
+        self.sentinel_port = self.redis_port + redis_servers
+        self.prometheus_port = self.sentinel_port + sentinels
+        self.chat_port = self.prometheus_port + 1
         # The service's own settings come only from `settings`, never from the
         # shell or from the unit tests' settings module in this process.
         inherited = {
@@ -69,6 +76,7 @@ class LocalCluster:
             "REPLICAS": str(self.replicas),
             "LB_PORT": str(self.lb_port),
             "REDIS_PORT": str(self.redis_port),
+            "REDIS_SENTINEL_PORT": str(self.sentinel_port),
             "CHAT_PORT": str(self.chat_port),
             "PROMETHEUS_PORT": str(self.prometheus_port),
             **LOOPBACK_EDGE_LIMITS,

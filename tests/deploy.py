@@ -83,8 +83,12 @@ def service_settings_read():
 @cache
 def load_local_cluster():
     """deploy/local/config.py, the local cluster's settings and generated files: a module
-    beside a script, not in a package, so loaded by its path. It imports no sibling."""
-    path = ROOT / "deploy" / "local" / "config.py"
+    beside a script, not in a package, so loaded by its path; its one sibling import
+    (redis_servers) is found at the end of sys.path, where it shadows nothing."""
+    directory = ROOT / "deploy" / "local"
+    if str(directory) not in sys.path:
+        sys.path.append(str(directory))
+    path = directory / "config.py"
     spec = importlib.util.spec_from_file_location("local_cluster_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -23,7 +23,7 @@ import os
 import sys
 
 from config import HOST, ROOT, ClusterConfig, ClusterError
-from readiness import readiness
+from readiness import not_in_sync, readiness, redis_roles
 from supervision import Supervisor
 
 
@@ -42,9 +42,17 @@ def up(config, supervisor, timeout):
         f"  Chat        {config.lb_url}/chat/lobby/   (open it in two tabs)\n"
         f"  Replicas    http://{HOST}:{ports[0]} ... http://{HOST}:{ports[-1]}\n"
         f"  Prometheus  {config.prometheus_url}/targets\n"
-        f"  Redis       {' '.join(config.redis_urls)}\n"
+        f"  Redis       {redis_summary(config)}\n"
         f"  Logs        {config.log_dir}   (make logs, make status, make down)"
     )
+
+
+def redis_summary(config):
+    if config.redis_ha != "sentinel":
+        return " ".join(config.redis_urls)
+    layout = config.redis_layout
+    sentinels = " ".join(f"{HOST}:{port}" for port in layout.sentinel_ports.values())
+    return f"{len(layout.servers)} servers, primaries found through the Sentinels {sentinels}"
 
 
 def down(config, supervisor):
@@ -79,16 +87,20 @@ def status(config, supervisor):
         print(f"chat-cluster is not running ({config.run_dir})")
         return False
     states = readiness(config.probe_urls)
+    # With Sentinel, which server is each shard's primary now.
+    roles = redis_roles(config.redis_layout.ports) if config.redis_ha == "sentinel" else {}
     processes = supervisor.processes()
     ports = config.program_ports
     for process in processes:
         name = process["name"]
         print(
             f"{name:10} {process['statename']:9} pid {process['pid']:<8} "
-            f"port {ports.get(name, '-'):<6} {states.get(name, '')}"
+            f"port {ports.get(name, '-'):<6} {states.get(name) or roles.get(name, '')}"
         )
-    return all(p["statename"] == "RUNNING" for p in processes) and all(
-        state == "ready" for state in states.values()
+    return (
+        all(p["statename"] == "RUNNING" for p in processes)
+        and all(state == "ready" for state in states.values())
+        and not any(not_in_sync(role) for role in roles.values())
     )
 
 
@@ -108,6 +120,8 @@ def describe(config, supervisor):
                 "replica_ports": config.replica_ports,
                 "redis_url": config.redis_url,
                 "redis_urls": config.redis_urls,
+                "redis_ha": config.redis_ha,
+                "sentinel_ports": config.sentinel_ports,
                 "log_dir": str(config.log_dir),
                 "supervisor_pid": supervisor.pid(),
                 # The names `status` prints first; null for a stopped program.

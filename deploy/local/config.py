@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis_servers import RedisLayout
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DEFAULTS_FILE = DEPLOY / "defaults.env"
@@ -39,6 +41,8 @@ SERVICE_SETTINGS = (
     "REDIS_CONNECT_TIMEOUT",
     "REDIS_COMMAND_TIMEOUT",
     "REDIS_POOL_SIZE",
+    "REDIS_ACK_REPLICAS",
+    "REDIS_ACK_TIMEOUT_MS",
     "DJANGO_ALLOWED_HOSTS",
     "DJANGO_DEBUG",
 )
@@ -47,6 +51,8 @@ SERVICE_SETTINGS = (
 # live with: the README's Redis memory section says why volatile-lru is the default.
 REDIS_MEMORY_PATTERN = re.compile(r"\d+(b|k|kb|m|mb|g|gb)?", re.IGNORECASE)
 REDIS_MAXMEMORY_POLICIES = ("volatile-lru", "noeviction")
+REDIS_HA_MODES = ("none", "sentinel")
+REDIS_APPENDONLY_MODES = ("no", "everysec")
 
 # After the drain, chatsite.serve allows this long for cleanup; supervisord then
 # waits as long again before it kills.
@@ -154,6 +160,10 @@ class ClusterConfig:
     redis_maxmemory: str = "0"
     redis_maxmemory_policy: str = "noeviction"
     redis_shards: int = 1
+    redis_ha: str = "none"
+    redis_sentinel_port: int = 26379
+    redis_down_after_ms: int = 2000
+    redis_appendonly: str = "no"
     # The SERVICE_SETTINGS that are set, passed on to every replica.
     service_settings: dict = field(default_factory=dict)
 
@@ -183,6 +193,14 @@ class ClusterConfig:
             ),
             redis_maxmemory=redis_memory_setting(defaults, environ),
             redis_shards=int_setting("REDIS_SHARDS", defaults, environ, maximum=16),
+            redis_ha=choice_setting("REDIS_HA", REDIS_HA_MODES, defaults, environ),
+            redis_sentinel_port=int_setting("REDIS_SENTINEL_PORT", defaults, environ),
+            redis_down_after_ms=int_setting(
+                "REDIS_SENTINEL_DOWN_AFTER_MS", defaults, environ, minimum=100, maximum=600_000
+            ),
+            redis_appendonly=choice_setting(
+                "REDIS_APPENDONLY", REDIS_APPENDONLY_MODES, defaults, environ
+            ),
             redis_maxmemory_policy=choice_setting(
                 "REDIS_MAXMEMORY_POLICY", REDIS_MAXMEMORY_POLICIES, defaults, environ
             ),
@@ -200,7 +218,7 @@ class ClusterConfig:
     @property
     def directories(self):
         """The directories the generated files and the programs write into."""
-        redis_dirs = tuple(self.run_dir / name for name in self.redis_ports)
+        redis_dirs = tuple(self.run_dir / name for name in self.redis_layout.ports)
         return (self.run_dir, self.log_dir, self.run_dir / "nginx", *redis_dirs)
 
     @property
@@ -226,12 +244,25 @@ class ClusterConfig:
         return {f"chat-{n}": self.chat_port + n - 1 for n in range(1, self.replicas + 1)}
 
     @property
+    def redis_layout(self):
+        return RedisLayout(
+            shards=self.redis_shards,
+            port=self.redis_port,
+            ha=self.redis_ha,
+            sentinel_port=self.redis_sentinel_port,
+            down_after_ms=self.redis_down_after_ms,
+            appendonly=self.redis_appendonly,
+        )
+
+    @property
     def redis_ports(self):
-        """Each Redis shard's port, by program name: redis, then redis-2 ... redis-N."""
-        return {
-            ("redis" if n == 1 else f"redis-{n}"): self.redis_port + n - 1
-            for n in range(1, self.redis_shards + 1)
-        }
+        """Each Redis server's port, by program name: redis, then redis-2 ... redis-N,
+        then (REDIS_HA=sentinel) their replicas redis-b ... redis-N-b."""
+        return {server.name: server.port for server in self.redis_layout.servers}
+
+    @property
+    def sentinel_ports(self):
+        return self.redis_layout.sentinel_ports
 
     @property
     def program_ports(self):
@@ -239,7 +270,7 @@ class ClusterConfig:
         return {
             **self.replica_ports,
             "nginx": self.lb_port,
-            **self.redis_ports,
+            **self.redis_layout.ports,
             "prometheus": self.prometheus_port,
         }
 
@@ -250,7 +281,8 @@ class ClusterConfig:
 
     @property
     def redis_urls(self):
-        return [f"redis://{HOST}:{port}/0" for port in self.redis_ports.values()]
+        """Each shard's first server (its primary until a failover)."""
+        return self.redis_layout.urls()
 
     @property
     def lb_url(self):
@@ -276,6 +308,8 @@ class ClusterConfig:
         ports = {"LB_PORT": self.lb_port, "PROMETHEUS_PORT": self.prometheus_port}
         for name, port in self.redis_ports.items():
             ports[f"REDIS_PORT ({name})"] = port
+        for name, port in self.sentinel_ports.items():
+            ports[f"REDIS_SENTINEL_PORT ({name})"] = port
         for name, port in self.replica_ports.items():
             ports[f"CHAT_PORT ({name})"] = port
         if len(set(ports.values())) != len(ports):
@@ -304,7 +338,7 @@ class ClusterConfig:
             "CHAT_REPLICA_ID": name,
             # The drain that stop_wait_seconds allows for.
             "CHAT_DRAIN_SECONDS": str(self.drain_seconds),
-            "REDIS_URLS": ",".join(self.redis_urls),
+            **self.redis_layout.service_settings(self.service_settings),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -353,26 +387,42 @@ def rendered_files(config, programs, secret_key, run_as_root):
         )
         for name, port in config.replica_ports.items()
     )
+    layout = config.redis_layout
     redis_programs = "".join(
         render(
-            DEPLOY / "local" / "redis-program.conf.template",
+            DEPLOY / "local" / f"{template}-program.conf.template",
             name=name,
             redis_server=programs.redis_server,
             run_dir=config.run_dir,
             log_dir=config.log_dir,
         )
-        for name in config.redis_ports
+        for template, names in (("redis", config.redis_ports), ("sentinel", config.sentinel_ports))
+        for name in names
     )
     redis_files = {
-        f"{name}.conf": render(
+        f"{server.name}.conf": render(
             DEPLOY / "redis" / "redis.conf.template",
             redis_maxmemory=config.redis_maxmemory,
             redis_maxmemory_policy=config.redis_maxmemory_policy,
-            redis_dir=config.run_dir / name,
-            **{**values, "redis_port": port},
+            redis_dir=config.run_dir / server.name,
+            server_options=layout.server_options(server),
+            **{**values, "redis_port": server.port},
         )
-        for name, port in config.redis_ports.items()
+        for server in layout.servers
     }
+    # Each Sentinel's first config; it runs on a copy (Supervisor.start).
+    redis_files.update(
+        {
+            f"{name}.conf": render(
+                DEPLOY / "redis" / "sentinel.conf.template",
+                port=port,
+                sentinel_dir=config.run_dir / name,
+                monitors=layout.sentinel_monitors(),
+                host=HOST,
+            )
+            for name, port in config.sentinel_ports.items()
+        }
+    )
     return {
         "supervisord.conf": render(
             DEPLOY / "local" / "supervisord.conf.template",

@@ -1,10 +1,11 @@
 """What the local cluster asks the network: whether its ports are free before it
-starts, and whether each program answers its readiness URL."""
+starts, whether each program answers its readiness URL, and each Redis' role."""
 
 import socket
 import urllib.error
 import urllib.request
 
+import redis
 from config import HOST, ClusterError
 
 
@@ -36,3 +37,31 @@ def readiness(urls):
         except (urllib.error.URLError, OSError) as error:
             states[name] = f"down ({getattr(error, 'reason', error)})"
     return states
+
+
+def redis_roles(ports):
+    """What each Redis server of `ports` ({name: port}) is now: "primary", "replica of
+    <port>", "sentinel: <n> primaries", or "down"."""
+    roles = {}
+    for name, port in ports.items():
+        client = redis.Redis(HOST, port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            info = client.info("replication" if not name.startswith("sentinel") else "sentinel")
+        except (redis.RedisError, OSError):
+            roles[name] = "down"
+            continue
+        finally:
+            client.close()
+        if "sentinel_masters" in info:
+            roles[name] = f"sentinel: {info['sentinel_masters']} primaries"
+        elif info.get("role") == "master":
+            roles[name] = f"primary, {info.get('connected_slaves', 0)} replicas"
+        else:
+            link = info.get("master_link_status", "?")
+            roles[name] = f"replica of {info.get('master_port')} (link {link})"
+    return roles
+
+
+def not_in_sync(role):
+    """Whether a redis_roles() role is a server that cannot serve yet."""
+    return role == "down" or "(link down)" in role

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import ClusterError, Programs, rendered_files
-from readiness import check_ports_free, readiness
+from readiness import check_ports_free, not_in_sync, readiness, redis_roles
 from supervisor.xmlrpc import SupervisorTransport
 
 
@@ -85,6 +85,16 @@ class Supervisor:
                 changed.append(name)
         return changed
 
+    def reset_sentinels(self, keep):
+        """Gives each Sentinel a copy of its generated config to run on and rewrite: a
+        fresh one when the cluster starts (its Redis servers start anew), else only if
+        it has none (`keep`), so that a running Sentinel keeps what it learnt."""
+        for name in self.config.sentinel_ports:
+            state = self.config.run_dir / name / "sentinel.conf"
+            if not (keep and state.exists()):
+                state.write_text((self.config.run_dir / f"{name}.conf").read_text())
+                state.chmod(0o600)
+
     def log_paths(self):
         return sorted(self.config.log_dir.glob("*.log"))
 
@@ -129,6 +139,7 @@ class Supervisor:
     def start(self):
         check_ports_free(self.config.ports())
         self.write_configuration()
+        self.reset_sentinels(keep=False)
         command = ["-m", "supervisor.supervisord", "-c", str(self.config.supervisor_conf)]
         subprocess.run([sys.executable, *command], check=True)
         deadline = time.monotonic() + 10
@@ -143,6 +154,7 @@ class Supervisor:
         """Writes the generated files and makes the running programs follow those that
         changed; returns their names."""
         changed = self.write_configuration()
+        self.reset_sentinels(keep=True)
         if "supervisord.conf" in changed:
             self.update_programs(self.rpc())
         if "nginx.conf" in changed:
@@ -167,6 +179,10 @@ class Supervisor:
             if failed:
                 raise ClusterError(f"{', '.join(failed)} failed to start.\n{self.log_tail(20)}")
             states = readiness(self.config.probe_urls)
+            if self.config.redis_ha == "sentinel":
+                # A replica not yet in sync would refuse every message (WAIT): not ready.
+                roles = redis_roles(self.config.redis_layout.ports)
+                states.update({name: role for name, role in roles.items() if not_in_sync(role)})
             if all(state == "ready" for state in states.values()):
                 return
             if time.monotonic() > deadline:

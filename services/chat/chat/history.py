@@ -12,6 +12,11 @@ none of these. Publishing inside the script also means subscribers receive a
 room's messages in id order, so a consumer sees a gap in ids only when it really
 missed something.
 
+With REDIS_ACK_REPLICAS (Redis with Sentinel), a message is published only after
+that many replicas hold it (WAIT): a failover then loses no message anyone was
+acknowledged or shown. Publishing is a second step; consumers fill the gaps that its
+reordering leaves from the history.
+
 Keys, per room, on the Redis that carries the room's group (chat.channel_layer):
     chat:history:<room>   stream of the last CHAT_HISTORY_MAX_LENGTH frames, id "<id>-0"
     chat:room:<room>      hash: last_id, epoch
@@ -30,6 +35,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+from redis.exceptions import RedisError
 
 from .channel_layer import script_channel, shard_of
 from .protocol import chat_event, chat_frame, chat_frame_parts, room_group_name
@@ -50,6 +57,11 @@ REF_TTL = 600
 SERVER_REF_TTL = 60
 
 
+class NotReplicated(RedisError):
+    """The primary stored the message, but too few replicas confirmed it in time: the
+    sender is told "unavailable" and resends with the same ref."""
+
+
 @dataclass
 class Published:
     id: int
@@ -62,12 +74,16 @@ def new_epoch():
 
 
 class RedisHistory:
-    def __init__(self, channel_layer, urls, max_length, max_age, on_join):
+    def __init__(
+        self, channel_layer, servers, max_length, max_age, on_join, ack_replicas=0, ack_timeout=0.5
+    ):
         self.channel_layer = channel_layer
-        self.clients = [chat_redis(url) for url in urls]
+        self.clients = [chat_redis(server) for server in servers]
         self.max_length = max_length
         self.max_age = max_age
         self.on_join = on_join
+        self.ack_replicas = ack_replicas
+        self.ack_timeout_ms = max(int(ack_timeout * 1000), 1)
         # Registering only hashes the script; it runs on the room's client.
         self.script = self.clients[0].register_script(PUBLISH_SCRIPT)
 
@@ -79,30 +95,48 @@ class RedisHistory:
         return [f"chat:history:{room}", f"chat:room:{room}", f"chat:ref:{room}:{ref or ''}"]
 
     async def publish(self, room, message, name, replica, ref=None):
-        client = self.client_for(room)
         group = room_group_name(room)
         sent_at = time.time()
-        channel = script_channel(self.channel_layer, group)
+        # Replicated first, published after: the script then does not publish.
+        channel = "" if self.ack_replicas else script_channel(self.channel_layer, group)
         ref_ttl = REF_TTL if ref else SERVER_REF_TTL
-        message_id, epoch, duplicate, frame = await self.script(
-            keys=self.keys(room, ref or f"server-{secrets.token_hex(8)}"),
-            args=[
-                *chat_frame_parts(message, name, replica),
-                repr(sent_at),
-                self.max_length,
-                self.max_age * 1000,
-                max(ROOM_STATE_MIN_TTL, 2 * self.max_age) * 1000,
-                new_epoch(),
-                channel,
-                ref_ttl * 1000,
-            ],
-            client=client,
-        )
+        keys = self.keys(room, ref or f"server-{secrets.token_hex(8)}")
+        args = [
+            *chat_frame_parts(message, name, replica),
+            repr(sent_at),
+            self.max_length,
+            self.max_age * 1000,
+            max(ROOM_STATE_MIN_TTL, 2 * self.max_age) * 1000,
+            new_epoch(),
+            channel,
+            ref_ttl * 1000,
+        ]
+        if self.ack_replicas:
+            message_id, epoch, duplicate, frame = await self.store_replicated(room, keys, args)
+        else:
+            client = self.client_for(room)
+            message_id, epoch, duplicate, frame = await self.script(keys, args, client=client)
         epoch = epoch.decode()
-        if not duplicate and not channel:
+        # With replication, a retry re-publishes what it finds stored: its first attempt
+        # may have been stored and never published; members skip ids they already have.
+        if frame and not channel and (not duplicate or self.ack_replicas):
             event = chat_event(frame.decode(), message_id, epoch, sent_at)
             await self.channel_layer.group_send(group, event)
         return Published(message_id, epoch, bool(duplicate))
+
+    async def store_replicated(self, room, keys, args):
+        """Runs the script and then WAIT on the same connection (one round trip): the
+        message is acknowledged only once ack_replicas replicas hold it, so that a
+        failover to one of them loses no acknowledged message."""
+        async with self.client_for(room).pipeline(transaction=False) as pipe:
+            self.script(keys, args, client=pipe)
+            pipe.execute_command("WAIT", self.ack_replicas, self.ack_timeout_ms)
+            stored, replicas = await pipe.execute()
+        if replicas < self.ack_replicas:
+            raise NotReplicated(
+                f"{replicas} of {self.ack_replicas} replicas within {self.ack_timeout_ms} ms"
+            )
+        return stored
 
     async def replay(self, room, client_epoch=None, client_last_id=None):
         """The messages a joining client is sent first: those after its last id when it

@@ -191,9 +191,9 @@ class MemoryPresence(Presence):
 
 
 class RedisPresence(Presence):
-    def __init__(self, channel_layer, urls, replica, ttl, max_listed, coalesce_seconds):
+    def __init__(self, channel_layer, servers, replica, ttl, max_listed, coalesce_seconds):
         super().__init__(channel_layer, max_listed, coalesce_seconds)
-        self.clients = [chat_redis(url, decode_responses=True) for url in urls]
+        self.clients = [chat_redis(server, decode_responses=True) for server in servers]
         self.instance = f"{replica}/{uuid.uuid4().hex[:8]}"  # this process, not the name
         self.ttl = ttl
         self.sweep_interval = ttl / 3

@@ -10,11 +10,12 @@ from prometheus_client import make_asgi_app
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .redis_clients import refuses_writes
+from .redis_clients import as_server, refuses_writes, sentinel
 from .replica import current
 
 # A readiness probe must answer well within the prober's own timeout.
 REDIS_PING_TIMEOUT = 1.0
+PING_OPTIONS = {"socket_timeout": REDIS_PING_TIMEOUT, "socket_connect_timeout": REDIS_PING_TIMEOUT}
 # Readiness writes this key (per replica, short-lived) to learn whether Redis takes
 # writes: at maxmemory with nothing to evict it refuses them (README: Redis memory).
 WRITE_PROBE_KEY = "chat:readiness:{replica}"
@@ -48,7 +49,7 @@ class ProbeEndpoints:
             await self.respond(send, 200, body)
         elif path == READINESS_PATH:
             replica = current()
-            redis = await redis_states(replica.redis_urls, replica.name)
+            redis = await redis_states(replica.redis_servers, replica.name)
             draining = replica.draining  # after the pings: a drain begun meanwhile counts
             ready, status = readiness(redis, draining)
             body = {"status": status, "replica": replica.name, "redis": redis}
@@ -83,13 +84,14 @@ def readiness(redis, draining):
     return True, "ok"
 
 
-async def redis_states(urls, replica_name):
-    """Each Redis of the replica, by host:port: whether it answers and takes writes."""
-    if not urls:
+async def redis_states(servers, replica_name):
+    """Each Redis of the replica, by host:port (with Sentinel, "master host:port" of the
+    primary it names): whether it answers and takes writes."""
+    if not servers:
         return {"memory": REDIS_OK}
     key = WRITE_PROBE_KEY.format(replica=replica_name)
-    results = await asyncio.gather(*(ping(url, key) for url in urls))
-    return {redis_address(url): result for url, result in zip(urls, results, strict=True)}
+    results = await asyncio.gather(*(probe(as_server(server), key) for server in servers))
+    return dict(results)
 
 
 def redis_address(url):
@@ -98,10 +100,21 @@ def redis_address(url):
     return f"{parts.hostname}:{parts.port or 6379}"
 
 
-async def ping(url, key):
-    client = aioredis.Redis.from_url(
-        url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
-    )
+async def probe(server, key):
+    """(name, state) of one server."""
+    if "master_name" not in server:
+        url = server["address"]
+        return redis_address(url), await ping(aioredis.Redis.from_url(url, **PING_OPTIONS), key)
+    name = server["master_name"]
+    try:
+        host, port = await sentinel(server, REDIS_PING_TIMEOUT).discover_master(name)
+    except (RedisError, OSError) as error:
+        return name, f"unreachable: {error.__class__.__name__}"
+    client = aioredis.Redis(host=host, port=port, **PING_OPTIONS)
+    return f"{name} {host}:{port}", await ping(client, key)
+
+
+async def ping(client, key):
     try:
         await client.ping()
         await client.set(key, "1", px=WRITE_PROBE_TTL_MS)

@@ -3,7 +3,8 @@
 -- ARGV: the frame's head, middle and tail around its id and epoch (chat.protocol),
 --       sent_at, max length, history ttl ms, state ttl ms, a new epoch if the room
 --       has none, the pub/sub channel to publish on ("" not to), ref ttl ms.
--- Returns {id, epoch, duplicate (0 or 1), frame}.
+-- Returns {id, epoch, duplicate (0 or 1), frame}; a duplicate's frame is the stored one
+-- when the caller publishes (channel ""), else "".
 local stream, state, ref_key = KEYS[1], KEYS[2], KEYS[3]
 local head, middle, tail = ARGV[1], ARGV[2], ARGV[3]
 local sent_at, max_length = ARGV[4], ARGV[5]
@@ -13,7 +14,16 @@ local channel, ref_ttl = ARGV[9], ARGV[10]
 local known = redis.call('GET', ref_key)
 if known then
   local epoch = redis.call('HGET', state, 'epoch') or ''
-  return {tonumber(known), epoch, 1, ''}
+  -- A write, so that a WAIT after this script also covers the first attempt's
+  -- (replication keeps their order).
+  redis.call('PEXPIRE', ref_key, ref_ttl)
+  local frame = ''
+  if channel == '' then
+    -- For the caller to publish again: the first attempt may never have been.
+    local entry = redis.call('XRANGE', stream, known .. '-0', known .. '-0')[1]
+    if entry then frame = entry[2][2] end
+  end
+  return {tonumber(known), epoch, 1, frame}
 end
 
 local id = redis.call('HINCRBY', state, 'last_id', 1)

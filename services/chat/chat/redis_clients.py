@@ -1,16 +1,22 @@
 """The chat's own Redis clients (history, presence), beside the channel layer's.
 
+A server is one shard's Redis, in channels_redis' host form (settings.REDIS_SERVERS):
+{"address": url}, or {"master_name": name, "sentinels": [(host, port), ...]} to follow
+whichever Redis Sentinel says is the primary (README: Redis with Sentinel). A URL
+string is taken as {"address": url}.
+
 Commands time out after REDIS_COMMAND_TIMEOUT, so that a hung Redis is answered
 with an error frame rather than silence. A broken connection is retried at once
-on a new one, twice at most: after a Redis restart the pool still holds the dead
-connections. Only connection errors are retried, not timeouts (each would cost
-REDIS_COMMAND_TIMEOUT again), and every command sent is safe to repeat: reads,
+on a new one, twice at most: after a Redis restart or a failover the pool still holds
+the dead connections. Only connection errors are retried, not timeouts (each would
+cost REDIS_COMMAND_TIMEOUT again), and every command sent is safe to repeat: reads,
 and the publish script, which is idempotent through its message ref.
 """
 
 from django.conf import settings
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
@@ -18,9 +24,24 @@ from redis.exceptions import OutOfMemoryError
 RETRIES = 2
 
 
-def chat_redis(url, **options):
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+class BlockingSentinelConnectionPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Connections to the primary Sentinel names, at most max_connections of them: a
+    command waits `timeout` for a free one, as with BlockingConnectionPool."""
+
+
+def as_server(server):
+    return {"address": server} if isinstance(server, str) else server
+
+
+def sentinel(server, timeout):
+    """A Sentinel client for the server's Sentinels."""
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return Sentinel(server["sentinels"], sentinel_kwargs=options)
+
+
+def chat_redis(server, **options):
+    server = as_server(server)
+    options = dict(
         max_connections=settings.REDIS_POOL_SIZE,
         timeout=settings.REDIS_COMMAND_TIMEOUT,  # waiting for a free connection
         socket_timeout=settings.REDIS_COMMAND_TIMEOUT,
@@ -33,6 +54,11 @@ def chat_redis(url, **options):
         ),
         **options,
     )
+    if "master_name" in server:
+        manager = sentinel(server, options["socket_connect_timeout"])
+        pool = BlockingSentinelConnectionPool(server["master_name"], manager, **options)
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(server["address"], **options)
     return aioredis.Redis.from_pool(pool)  # the client owns it: aclose() closes it
 
 

@@ -34,12 +34,12 @@ FULL = "server_full"
 
 
 class Replica:
-    def __init__(self, name, channel_layer, history, presence, redis_urls, max_connections):
+    def __init__(self, name, channel_layer, history, presence, redis_servers, max_connections):
         self.name = name
         self.channel_layer = channel_layer
         self.history = history
         self.presence = presence
-        self.redis_urls = redis_urls  # none with the in-memory layer
+        self.redis_servers = redis_servers  # none with the in-memory layer
         self.max_connections = max_connections
         self.connections = set()  # consumers joined to a room
         self.draining = False
@@ -60,13 +60,19 @@ class Replica:
         if settings.CHAT_CHANNEL_LAYER == "memory":
             history = MemoryHistory(channel_layer, *history_limits)
             presence = MemoryPresence(channel_layer, *presence_limits)
-            redis_urls = []
+            redis_servers = []
         else:
-            redis_urls = settings.REDIS_URLS
-            history = RedisHistory(channel_layer, redis_urls, *history_limits)
+            redis_servers = settings.REDIS_SERVERS
+            history = RedisHistory(
+                channel_layer,
+                redis_servers,
+                *history_limits,
+                ack_replicas=settings.REDIS_ACK_REPLICAS,
+                ack_timeout=settings.REDIS_ACK_TIMEOUT_MS / 1000,
+            )
             presence = RedisPresence(
                 channel_layer,
-                redis_urls,
+                redis_servers,
                 settings.CHAT_REPLICA_ID,
                 settings.CHAT_PRESENCE_TTL,
                 *presence_limits,
@@ -76,7 +82,7 @@ class Replica:
             channel_layer,
             history,
             presence,
-            redis_urls,
+            redis_servers,
             settings.CHAT_MAX_CONNECTIONS,
         )
 
@@ -124,7 +130,7 @@ class Replica:
     async def start_maintenance(self):
         """Starts the heartbeat and sweeps with the first connection: only a replica
         that serves someone has presence entries to keep alive, in Redis."""
-        if not self.redis_urls:
+        if not self.redis_servers:
             return
         if self.maintenance is None or self.maintenance.done():
             # Set before the first await: joins arriving meanwhile start no other.

@@ -32,6 +32,18 @@ def env_bool(name, default):
     raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
 
 
+def env_list(name):
+    """A comma-separated setting's items, without blanks."""
+    return [item.strip() for item in (env(name) or "").split(",") if item.strip()]
+
+
+def host_and_port(name, address):
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ImproperlyConfigured(f"{name} must list host:port addresses, not {address!r}")
+    return host, int(port)
+
+
 def env_int(name, default, minimum=1):
     value = env(name)
     if value is None:
@@ -199,6 +211,15 @@ CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", 10, minimum=0)
 CHAT_CHANNEL_LAYER = env_choice("CHAT_CHANNEL_LAYER", "pubsub", ("pubsub", "core", "memory"))
 
 REDIS_URLS = env("REDIS_URLS", "redis://127.0.0.1:6379/0").split(",")
+# With Sentinel (README: Redis with Sentinel), each shard is a primary that the
+# Sentinels name, followed through failovers; REDIS_URLS is then not used.
+REDIS_SENTINELS = [host_and_port("REDIS_SENTINELS", item) for item in env_list("REDIS_SENTINELS")]
+REDIS_SENTINEL_MASTERS = env_list("REDIS_SENTINEL_MASTERS") or ["chat"]
+# An ack means the message is on the primary and on this many of its replicas (WAIT);
+# a sender whose message is not on them within REDIS_ACK_TIMEOUT_MS is told
+# "unavailable" and resends it with the same ref.
+REDIS_ACK_REPLICAS = env_int("REDIS_ACK_REPLICAS", 0, minimum=0)
+REDIS_ACK_TIMEOUT_MS = env_int("REDIS_ACK_TIMEOUT_MS", 500)
 
 # redis-py 8 gives every socket a 5 s timeout and caps a pool at 100
 # connections. The first kills each idle replica's blocking receive loop (every
@@ -216,7 +237,23 @@ REDIS_COMMAND_TIMEOUT = env_int("REDIS_COMMAND_TIMEOUT", 5)
 # Connections each of them keeps to each Redis at most; a command waits for a free
 # one up to REDIS_COMMAND_TIMEOUT.
 REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 16, minimum=1)
-REDIS_HOSTS = [{"address": url, **REDIS_CONNECTION_OPTIONS} for url in REDIS_URLS]
+# Each shard's Redis, in channels_redis' host form (chat.redis_clients).
+if REDIS_SENTINELS:
+    REDIS_SERVERS = [
+        {"master_name": name, "sentinels": REDIS_SENTINELS} for name in REDIS_SENTINEL_MASTERS
+    ]
+    SENTINEL_OPTIONS = {
+        "sentinel_kwargs": {
+            "socket_timeout": REDIS_CONNECTION_OPTIONS["socket_connect_timeout"],
+            "socket_connect_timeout": REDIS_CONNECTION_OPTIONS["socket_connect_timeout"],
+        }
+    }
+else:
+    REDIS_SERVERS = [{"address": url} for url in REDIS_URLS]
+    SENTINEL_OPTIONS = {}
+REDIS_HOSTS = [
+    {**server, **SENTINEL_OPTIONS, **REDIS_CONNECTION_OPTIONS} for server in REDIS_SERVERS
+]
 
 if CHAT_CHANNEL_LAYER == "pubsub":
     CHANNEL_LAYERS = {

@@ -1,0 +1,122 @@
+"""The local cluster's Redis servers: one per shard (REDIS_SHARDS), and with
+REDIS_HA=sentinel a replica for each and three Sentinels that watch them all. Names,
+ports, roles and the settings the replicas get; config.py renders their files.
+
+Program names stay with the process, not the role: after a failover `redis-b` may be
+a shard's primary and `redis` its replica (`make status` shows the roles).
+"""
+
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+SENTINELS = 3
+# A majority of the Sentinels must agree that a primary is down.
+SENTINEL_QUORUM = 2
+# After this long without a primary, the failover is given up and tried again.
+SENTINEL_FAILOVER_TIMEOUT_MS = 10_000
+
+
+def shard_suffix(shard):
+    return "" if shard == 1 else f"-{shard}"
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    name: str  # the supervised program
+    port: int
+    shard: int  # 1 ... shards
+    replica_of: int | None = None  # the port of the primary it starts as a replica of
+
+    @property
+    def master_name(self):
+        """The Sentinel name of its shard: chat, chat-2 ..."""
+        return f"chat{shard_suffix(self.shard)}"
+
+
+@dataclass(frozen=True)
+class RedisLayout:
+    shards: int
+    port: int  # REDIS_PORT: shard N's (first) server listens on port + N - 1
+    ha: str = "none"  # or "sentinel"
+    sentinel_port: int = 26379
+    down_after_ms: int = 2000
+    appendonly: str = "no"  # or "everysec"
+
+    @property
+    def sentinel(self):
+        return self.ha == "sentinel"
+
+    @property
+    def servers(self):
+        """Every Redis server: the shards' first servers, then (HA) their replicas."""
+        servers = [
+            RedisServer(f"redis{shard_suffix(n)}", self.port + n - 1, n)
+            for n in range(1, self.shards + 1)
+        ]
+        if self.sentinel:
+            servers += [
+                RedisServer(f"{first.name}-b", self.port + self.shards + n - 1, n, first.port)
+                for n, first in enumerate(list(servers), start=1)
+            ]
+        return servers
+
+    @property
+    def primaries(self):
+        """The servers that start as their shard's primary."""
+        return [server for server in self.servers if server.replica_of is None]
+
+    @property
+    def sentinel_ports(self):
+        """Each Sentinel's port, by program name: sentinel-1 ... sentinel-3."""
+        if not self.sentinel:
+            return {}
+        return {f"sentinel-{n}": self.sentinel_port + n - 1 for n in range(1, SENTINELS + 1)}
+
+    @property
+    def ports(self):
+        """The port of every Redis and Sentinel program, by name."""
+        return {**{server.name: server.port for server in self.servers}, **self.sentinel_ports}
+
+    @property
+    def persistence(self):
+        # A primary restarted empty, before the Sentinels notice, would be followed by
+        # its replica and wipe it: with Sentinel every server keeps an append-only file.
+        return "everysec" if self.sentinel else self.appendonly
+
+    def urls(self):
+        """The primaries' URLs, one per shard (what REDIS_URLS names without Sentinel)."""
+        return [f"redis://{HOST}:{server.port}/0" for server in self.primaries]
+
+    def service_settings(self, environ):
+        """The Redis settings every replica gets."""
+        if not self.sentinel:
+            return {"REDIS_URLS": ",".join(self.urls())}
+        return {
+            "REDIS_SENTINELS": ",".join(f"{HOST}:{port}" for port in self.sentinel_ports.values()),
+            "REDIS_SENTINEL_MASTERS": ",".join(s.master_name for s in self.primaries),
+            # An ack waits for the replica unless the environment asks otherwise.
+            "REDIS_ACK_REPLICAS": environ.get("REDIS_ACK_REPLICAS") or "1",
+        }
+
+    def server_options(self, server):
+        """redis.conf lines particular to one server."""
+        lines = [
+            f"appendonly {'no' if self.persistence == 'no' else 'yes'}",
+            "appendfsync everysec",
+        ]
+        if server.replica_of:
+            lines.append(f"replicaof {HOST} {server.replica_of}")
+        return "\n".join(lines)
+
+    def sentinel_monitors(self):
+        """The sentinel.conf lines that watch every shard's primary."""
+        lines = []
+        for primary in self.primaries:
+            name = primary.master_name
+            lines += [
+                f"sentinel monitor {name} {HOST} {primary.port} {SENTINEL_QUORUM}",
+                f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                f"sentinel failover-timeout {name} {SENTINEL_FAILOVER_TIMEOUT_MS}",
+                f"sentinel parallel-syncs {name} 1",
+            ]
+        return "\n".join(lines)
