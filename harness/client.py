@@ -4,7 +4,8 @@ ChatClient: one connection, read frame by frame; what the tests use.
 ResumingClient: a chat user that reconnects after every close, resumes from the last
 message it saw and resends, with the same ref, what was not answered; what load tests
 and fault drills use. A message refused with an error is recorded, not resent, except
-`rate_limited` ones, which are retried a bounded number of times.
+`rate_limited` ones, and, if asked, `unavailable` ones (as the browser page does), which
+are resent with the same ref a bounded number of times.
 """
 
 import asyncio
@@ -23,6 +24,7 @@ from chat.protocol import (
     PRESENCE_DIFF,
     RATE_LIMITED,
     SUBPROTOCOL,
+    UNAVAILABLE,
 )
 
 from .ledger import Received
@@ -31,6 +33,7 @@ CONNECT_ERRORS = (OSError, TimeoutError, EOFError, WebSocketException)
 MAX_CONNECTS = 500  # per client and run: a bound on the reconnect loop
 MAX_RATE_LIMITED_RETRIES = 40
 RATE_LIMITED_RETRY_S = 0.5
+UNAVAILABLE_RETRY_S = 1.0  # as room.js
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 1.0  # seconds, doubling, full jitter
 TRY_AGAIN_LATER_EXTRA_S = 0.5
 # Clients pace themselves below the limit the welcome frame states, so that the
@@ -187,8 +190,13 @@ class ResumingClient:
     `messages` maps the ref of every message of the run to its ledger.Message; a
     message's text is its ref."""
 
-    def __init__(self, cluster, room, name, messages, keep_timeline=True):
+    def __init__(self, cluster, room, name, messages, keep_timeline=True, unavailable_retries=0):
         self.cluster = cluster
+        # Error code -> (times a message is resent after it, seconds to wait first).
+        self.retries = {
+            RATE_LIMITED: (MAX_RATE_LIMITED_RETRIES, RATE_LIMITED_RETRY_S),
+            UNAVAILABLE: (unavailable_retries, UNAVAILABLE_RETRY_S),
+        }
         self.room = room
         self.name = name
         self.messages = messages
@@ -355,10 +363,11 @@ class ResumingClient:
         message = self.messages.get(frame.get("ref"))
         if message is None or message.outcome is not None:
             return
-        if code == RATE_LIMITED and message.rate_limited < MAX_RATE_LIMITED_RETRIES:
-            message.rate_limited += 1
+        limit, delay = self.retries.get(code, (0, 0))
+        if message.retries[code] < limit:
+            message.retries[code] += 1
             message.connection = None
-            asyncio.get_running_loop().call_later(RATE_LIMITED_RETRY_S, self.retry, message)
+            asyncio.get_running_loop().call_later(delay, self.retry, message)
             return
         message.outcome, message.refusal, message.answered_at = "refused", code, now
         self.refusals.append(message.last_sent)

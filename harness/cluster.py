@@ -54,8 +54,8 @@ class LocalCluster:
     def __post_init__(self):
         self.redis_shards = int(self.settings.get("REDIS_SHARDS", 1))
         self.sentinel = self.settings.get("REDIS_HA") == "sentinel"
-        # With Sentinel each shard has a replica, and three Sentinels watch them.
-        redis_servers = self.redis_shards * (2 if self.sentinel else 1)
+        # With Sentinel each shard has two replicas, and three Sentinels watch them.
+        redis_servers = self.redis_shards * (3 if self.sentinel else 1)
         sentinels = SENTINELS if self.sentinel else 0
         base = free_port_block(self.replicas + redis_servers + sentinels + 2)
         # nginx, the Redis servers (REDIS_PORT + N - 1), the Sentinels, Prometheus,

@@ -1,6 +1,7 @@
 """The record of a run's messages: what each was sent as and answered with, and what
 each client received."""
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -17,7 +18,7 @@ class Message:
     duplicate_ack: bool = False
     answered_at: float | None = None
     refusal: str | None = None
-    rate_limited: int = 0
+    retries: Counter = field(default_factory=Counter)  # by error code
     keys_seen: set = field(default_factory=set)  # (epoch, id) it was delivered under
 
 

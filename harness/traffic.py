@@ -7,7 +7,7 @@ import random
 import secrets
 from collections import Counter
 
-from chat.protocol import CLOSE_SERVICE_RESTART
+from chat.protocol import CLOSE_SERVICE_RESTART, UNAVAILABLE
 
 from .client import ResumingClient
 from .ledger import Message
@@ -18,9 +18,20 @@ LOST_EXAMPLES = 20  # lost messages described in the figures
 class Traffic:
     """Clients in fresh rooms of one cluster: join, send steadily, settle, count."""
 
-    def __init__(self, cluster, label, clients, rooms, rate, keep_timeline=True, choose=None):
-        """`clients` spread over `rooms` fresh rooms; `choose(names)`, if given, picks the
-        rooms from a longer list of fresh names (e.g. some on each Redis shard)."""
+    def __init__(
+        self,
+        cluster,
+        label,
+        clients,
+        rooms,
+        rate,
+        keep_timeline=True,
+        choose=None,
+        unavailable_retries=0,
+    ):
+        """`clients` spread over `rooms` fresh rooms; `choose(names, rooms)`, if given,
+        picks the rooms from an endless list of fresh names (e.g. some on each Redis
+        shard). Clients resend a message refused with `unavailable` that many times."""
         self.cluster = cluster
         self.prefix = f"{label}-{secrets.token_hex(3)}"
         if choose:
@@ -31,7 +42,14 @@ class Traffic:
         self.rate = rate
         self.messages = {}  # ref -> Message
         self.clients = [
-            ResumingClient(cluster, self.rooms[n % rooms], f"c{n}", self.messages, keep_timeline)
+            ResumingClient(
+                cluster,
+                self.rooms[n % rooms],
+                f"c{n}",
+                self.messages,
+                keep_timeline,
+                unavailable_retries,
+            )
             for n in range(clients)
         ]
         self.senders = []
@@ -140,6 +158,7 @@ class Traffic:
             for key in absent:
                 lost.setdefault((client.room, key), []).append(client)
         by_key = {(m.client.room, m.key): m for m in messages if m.outcome == "acked"}
+        epochs = [len({key[0] for key in keys}) for keys in acked.values()]
         delivered = [client.received.distinct() for client in clients]
         outcomes = Counter(message.outcome for message in messages)
         closes = Counter()
@@ -158,9 +177,9 @@ class Traffic:
             "delivered_min": min(delivered, default=0),
             "delivered_max": max(delivered, default=0),
             "delivered_total": sum(delivered),
-            "epochs_per_room_min": min(
-                (len({key[0] for key in keys}) for keys in acked.values()), default=0
-            ),
+            "epochs_per_room_min": min(epochs, default=0),
+            "epochs_per_room_max": max(epochs, default=0),
+            "resent_after_unavailable": sum(m.retries[UNAVAILABLE] for m in messages),
             "lost": len(lost),
             "missing_deliveries": sum(missing.values()),
             "lost_examples": [

@@ -121,6 +121,7 @@ def describe(config, supervisor):
                 "redis_url": config.redis_url,
                 "redis_urls": config.redis_urls,
                 "redis_ha": config.redis_ha,
+                "redis_ports": config.redis_ports,
                 "sentinel_ports": config.sentinel_ports,
                 "log_dir": str(config.log_dir),
                 "supervisor_pid": supervisor.pid(),

@@ -1,15 +1,19 @@
 """The local cluster's Redis servers: one per shard (REDIS_SHARDS), and with
-REDIS_HA=sentinel a replica for each and three Sentinels that watch them all. Names,
+REDIS_HA=sentinel two replicas for each and three Sentinels that watch them all. Names,
 ports, roles and the settings the replicas get; config.py renders their files.
 
 Program names stay with the process, not the role: after a failover `redis-b` may be
-a shard's primary and `redis` its replica (`make status` shows the roles).
+a shard's primary and `redis` a replica (`make status` shows the roles).
 """
 
 from dataclasses import dataclass
 
 HOST = "127.0.0.1"
 SENTINELS = 3
+# Replicas of each shard's primary. Two, so that after a failover the new primary still
+# has one to confirm each message (REDIS_ACK_REPLICAS=1) while the old one is away:
+# with one, every message would be refused until the old primary came back.
+REPLICAS_PER_SHARD = 2
 # A majority of the Sentinels must agree that a primary is down.
 SENTINEL_QUORUM = 2
 # After this long without a primary, the failover is given up and tried again.
@@ -48,17 +52,21 @@ class RedisLayout:
 
     @property
     def servers(self):
-        """Every Redis server: the shards' first servers, then (HA) their replicas."""
-        servers = [
+        """Every Redis server: the shards' first servers, then (HA) their replicas, -b
+        and -c, on the ports after them."""
+        primaries = [
             RedisServer(f"redis{shard_suffix(n)}", self.port + n - 1, n)
             for n in range(1, self.shards + 1)
         ]
-        if self.sentinel:
-            servers += [
-                RedisServer(f"{first.name}-b", self.port + self.shards + n - 1, n, first.port)
-                for n, first in enumerate(list(servers), start=1)
-            ]
-        return servers
+        if not self.sentinel:
+            return primaries
+        replicas = [
+            RedisServer(f"{first.name}-{letter}", port, first.shard, first.port)
+            for copy, letter in enumerate("bc"[:REPLICAS_PER_SHARD], start=1)
+            for first in primaries
+            for port in [self.port + copy * self.shards + first.shard - 1]
+        ]
+        return primaries + replicas
 
     @property
     def primaries(self):

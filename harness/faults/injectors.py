@@ -1,16 +1,25 @@
 """The faults, each injected into a running local cluster, noted in a `fault` dict:
 kill (SIGKILL to the busiest replica), redis (restarted without its data), rolling
 (every replica drained and restarted, one at a time), shard (the last of several Redis
-shards restarted without its data)."""
+shards restarted without its data), failover (SIGKILL to the primary under Sentinel)."""
 
 import asyncio
 import os
 import signal
 from collections import Counter
 
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+FAILOVER_TIMEOUT_S = 60
+
 
 async def process_pids(cluster):
     return await asyncio.to_thread(cluster.process_pids)
+
+
+async def describe(cluster):
+    return await asyncio.to_thread(cluster.describe)
 
 
 async def wait_ready(cluster, timeout=60):
@@ -101,9 +110,51 @@ async def inject_rolling(cluster, traffic, fault):
     fault["back_after_s"] = asyncio.get_running_loop().time() - fault["injected_at"]
 
 
+async def sentinel_primary(cluster, master="chat"):
+    """The port of the primary the cluster's first Sentinel names, or None."""
+    client = aioredis.Redis(port=cluster.sentinel_port, socket_timeout=1)
+    try:
+        address = await client.sentinel_get_master_addr_by_name(master)
+    except (RedisError, OSError):
+        return None
+    finally:
+        await client.aclose()
+    return int(address[1]) if address else None
+
+
+async def inject_failover(cluster, traffic, fault):
+    """SIGKILL to the first shard's primary, held down (a host that died) until the
+    Sentinels have promoted its replica; then started again, to rejoin as a replica."""
+    loop = asyncio.get_running_loop()
+    names = {port: name for name, port in (await describe(cluster))["redis_ports"].items()}
+    old_port = await sentinel_primary(cluster)
+    name = names[old_port]
+    pid = (await process_pids(cluster))[name]
+    fault["action"] = f"SIGKILL {name} (pid {pid}, the primary), kept down until a failover"
+    os.kill(pid, signal.SIGKILL)
+    fault["injected_at"] = loop.time()
+    # Before supervisord starts it again, if it has not yet.
+    await asyncio.to_thread(cluster.run, "stop", name, check=False)
+    deadline = loop.time() + FAILOVER_TIMEOUT_S
+    port = old_port
+    while port in (old_port, None) and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+        port = await sentinel_primary(cluster)
+    if port in (old_port, None):
+        fault["errors"].append(f"no failover within {FAILOVER_TIMEOUT_S} s")
+        return
+    fault["failover_s"] = loop.time() - fault["injected_at"]
+    fault["new_primary"] = names[port]
+    await asyncio.to_thread(cluster.run, "start", name, check=False)
+    await wait_ready(cluster)  # status: every replica ready, every Redis in sync
+    fault["restarted"] = {name: [pid, (await process_pids(cluster)).get(name)]}
+    fault["back_after_s"] = loop.time() - fault["injected_at"]
+
+
 INJECTORS = {
     "kill": inject_kill,
     "redis": inject_redis,
     "rolling": inject_rolling,
     "shard": inject_shard,
+    "failover": inject_failover,
 }

@@ -20,7 +20,10 @@ from .targets import targets
 SCENARIOS = tuple(INJECTORS)
 # What a scenario's cluster needs beyond Options.settings; scenarios that need the
 # same share one cluster.
-CLUSTER_SETTINGS = {"shard": {"REDIS_SHARDS": "2"}}
+CLUSTER_SETTINGS = {"shard": {"REDIS_SHARDS": "2"}, "failover": {"REDIS_HA": "sentinel"}}
+# Scenarios whose clients resend a message refused with `unavailable` (as the browser
+# page does), this many times a second apart: a failover's refusals are transient.
+UNAVAILABLE_RETRIES = {"failover": 10}
 INJECTION_TIMEOUT_S = 180
 # Beyond every phase of a scenario, a hard bound for the clients' connection loops.
 CONNECTION_LOOP_SPARE_S = 150
@@ -51,7 +54,13 @@ async def run_scenario(cluster, scenario, options):
     offsets = log_offsets(cluster)
     choose = partial(rooms_across_shards, cluster) if cluster.redis_shards > 1 else None
     traffic = Traffic(
-        cluster, scenario, options.clients, options.rooms, options.rate, choose=choose
+        cluster,
+        scenario,
+        options.clients,
+        options.rooms,
+        options.rate,
+        choose=choose,
+        unavailable_retries=UNAVAILABLE_RETRIES.get(scenario, 0),
     )
     deadline = loop.time() + options.seconds + options.quiesce + CONNECTION_LOOP_SPARE_S
     fault = {"action": None, "injected_at": None, "errors": []}

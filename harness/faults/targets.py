@@ -17,6 +17,8 @@ def fault_took_effect(scenario, figures):
         return replaced and figures["epochs_per_room_min"] >= 2
     if scenario == "shard":
         return replaced and figures["shards"]["restarted"]["epochs_per_room_min"] >= 2
+    if scenario == "failover":
+        return replaced and "new_primary" in figures["fault"]
     return replaced and figures["connection_losses_min"] >= 1
 
 
@@ -58,6 +60,20 @@ def targets(scenario, figures, recovery_limit):
     }
     if scenario == "redis":
         return {**data_loss_targets(figures, recovery_limit), **sound}
+    if scenario == "failover":
+        limit = recovery_limit
+        return {
+            "lost == 0, duplicated == 0, republished == 0": (
+                figures["lost"] == figures["duplicated"] == figures["republished"] == 0
+            ),
+            "every message answered (unanswered == 0)": answered,
+            "nothing refused for good (refused == 0)": figures["refused"] == 0,
+            "every history survived (one epoch per room)": figures["epochs_per_room_max"] == 1,
+            f"acks back <= {limit:g} s after the failover": (
+                figures["ack_recovery_s"] - figures["fault"].get("failover_s", 0) <= limit
+            ),
+            **sound,
+        }
     if scenario == "shard":
         shards = figures["shards"]
         untouched = untouched_targets(shards["untouched"])

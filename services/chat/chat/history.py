@@ -129,7 +129,7 @@ class RedisHistory:
         message is acknowledged only once ack_replicas replicas hold it, so that a
         failover to one of them loses no acknowledged message."""
         async with self.client_for(room).pipeline(transaction=False) as pipe:
-            self.script(keys, args, client=pipe)
+            await self.script(keys, args, client=pipe)  # queued: runs at execute()
             pipe.execute_command("WAIT", self.ack_replicas, self.ack_timeout_ms)
             stored, replicas = await pipe.execute()
         if replicas < self.ack_replicas:
