@@ -83,8 +83,11 @@ def service_settings_read():
 @cache
 def load_local_cluster():
     """deploy/local/config.py, the local cluster's settings and generated files: a module
-    beside a script, not in a package, so loaded by its path. It imports no sibling."""
+    beside a script, not in a package, so loaded by its path; its one sibling import,
+    network.py, is found as the script finds it, in the script's directory."""
     path = ROOT / "deploy" / "local" / "config.py"
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location("local_cluster_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from network import Layout, layout_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DEFAULTS_FILE = DEPLOY / "defaults.env"
@@ -124,6 +126,7 @@ class Programs:
     redis_server: str
     nginx: str
     prometheus: str
+    ip: str = "ip"  # iproute2, for CLUSTER_NETWORK=netns
 
     @classmethod
     def find(cls):
@@ -132,6 +135,7 @@ class Programs:
             redis_server=find_program("redis-server"),
             nginx=find_program("nginx"),
             prometheus=find_program("prometheus"),
+            ip=shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin") or "ip",
         )
 
 
@@ -156,6 +160,8 @@ class ClusterConfig:
     redis_shards: int = 1
     # The SERVICE_SETTINGS that are set, passed on to every replica.
     service_settings: dict = field(default_factory=dict)
+    # CLUSTER_NETWORK and its delay and loss (network.py).
+    network_settings: dict = field(default_factory=lambda: {"mode": "loopback"})
 
     @classmethod
     def from_environment(cls, run_dir, environ=os.environ, defaults=None):
@@ -189,6 +195,7 @@ class ClusterConfig:
             service_settings={
                 name: environ[name] for name in SERVICE_SETTINGS if environ.get(name)
             },
+            network_settings=layout_settings(run_dir, environ, defaults),
         )
 
     # --- Layout -------------------------------------------------------------
@@ -222,6 +229,16 @@ class ClusterConfig:
     # --- Addresses ----------------------------------------------------------
 
     @property
+    def network(self):
+        """Where each program runs and listens (network.py)."""
+        return Layout(
+            lb_port=self.lb_port,
+            replicas=tuple(self.replica_ports),
+            redis=tuple(self.redis_ports),
+            **self.network_settings,
+        )
+
+    @property
     def replica_ports(self):
         return {f"chat-{n}": self.chat_port + n - 1 for n in range(1, self.replicas + 1)}
 
@@ -250,7 +267,10 @@ class ClusterConfig:
 
     @property
     def redis_urls(self):
-        return [f"redis://{HOST}:{port}/0" for port in self.redis_ports.values()]
+        return [
+            f"redis://{self.network.address(name)}:{port}/0"
+            for name, port in self.redis_ports.items()
+        ]
 
     @property
     def lb_url(self):
@@ -264,7 +284,7 @@ class ClusterConfig:
     def probe_urls(self):
         """The readiness URL of every program that has one, by program name."""
         urls = {
-            name: f"http://{HOST}:{port}{self.readiness_path}"
+            name: f"http://{self.network.address(name)}:{port}{self.readiness_path}"
             for name, port in self.replica_ports.items()
         }
         urls["nginx"] = f"{self.lb_url}{self.lb_health_path}"
@@ -323,8 +343,8 @@ def nginx_upstream_servers(config):
         # on to the next replica, but does not bar the replica for fail_timeout: a
         # WebSocket never ends the bar, so a drained replica, once back, got almost
         # no new connections while the others were drained in turn.
-        f"        server {HOST}:{port} max_fails=0;"
-        for port in config.replica_ports.values()
+        f"        server {config.network.address(name)}:{port} max_fails=0;"
+        for name, port in config.replica_ports.items()
     )
 
 
@@ -344,7 +364,8 @@ def rendered_files(config, programs, secret_key, run_as_root):
             DEPLOY / "local" / "replica.conf.template",
             name=name,
             port=port,
-            host=HOST,
+            host=config.network.address(name),
+            netns_exec=config.network.exec_prefix(programs.ip, name),
             python=programs.python,
             service_dir=SERVICE_DIR,
             log_dir=config.log_dir,
@@ -357,20 +378,22 @@ def rendered_files(config, programs, secret_key, run_as_root):
         render(
             DEPLOY / "local" / "redis-program.conf.template",
             name=name,
+            netns_exec=config.network.exec_prefix(programs.ip, name),
             redis_server=programs.redis_server,
             run_dir=config.run_dir,
             log_dir=config.log_dir,
         )
         for name in config.redis_ports
-    )
+    ) + relay_programs(config, programs)
     redis_files = {
         f"{name}.conf": render(
             DEPLOY / "redis" / "redis.conf.template",
             redis_maxmemory=config.redis_maxmemory,
             redis_maxmemory_policy=config.redis_maxmemory_policy,
             redis_dir=config.run_dir / name,
-            **{**values, "redis_port": port},
+            **{**values, "redis_port": port, "host": config.network.redis_bind(name)},
         )
+        + config.network.redis_conf()
         for name, port in config.redis_ports.items()
     }
     return {
@@ -397,7 +420,30 @@ def rendered_files(config, programs, secret_key, run_as_root):
         "prometheus.yml": render(
             DEPLOY / "prometheus" / "prometheus.local.yml.template",
             metrics_path=config.metrics_path,
-            replica_targets=", ".join(f'"{HOST}:{port}"' for port in config.replica_ports.values()),
+            replica_targets=", ".join(
+                f'"{config.network.address(name)}:{port}"'
+                for name, port in config.replica_ports.items()
+            ),
             **values,
         ),
     }
+
+
+def relay_programs(config, programs):
+    """CLUSTER_REDIS_DELAY_MS: a delaying relay in each Redis shard's namespace (relay.py)."""
+    if not config.network.delay_ms:
+        return ""
+    return "".join(
+        render(
+            DEPLOY / "local" / "relay-program.conf.template",
+            name=config.network.relay_name(name),
+            netns_exec=config.network.exec_prefix(programs.ip, name),
+            python=programs.python,
+            relay=DEPLOY / "local" / "relay.py",
+            listen=f"{config.network.address(name)}:{port}",
+            upstream=f"{config.network.redis_bind(name)}:{port}",
+            delay_ms=config.network.delay_ms,
+            log_dir=config.log_dir,
+        )
+        for name, port in config.redis_ports.items()
+    )
