@@ -6,7 +6,16 @@ on a new one, twice at most: after a Redis restart the pool still holds the dead
 connections. Only connection errors are retried, not timeouts (each would cost
 REDIS_COMMAND_TIMEOUT again), and every command sent is safe to repeat: reads,
 and the publish script, which is idempotent through its message ref.
+
+A connection is closed by a reset (SO_LINGER 0), never gracefully: on a timeout
+redis-py closes it, and a graceful close leaves what the kernel has not delivered
+yet in its send queue, retransmitted for minutes. Cut off from Redis for 10 s, a
+replica answered a message `unavailable` and the kernel delivered its publish once
+the network healed: the room got a message its sender was told had failed.
 """
+
+import socket
+import struct
 
 from django.conf import settings
 from redis import asyncio as aioredis
@@ -16,6 +25,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 
 RETRIES = 2
+ABORT_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
+
+
+class AbortingConnection(aioredis.Connection):
+    """A Redis connection whose close discards what it has not delivered."""
+
+    async def _connect(self):
+        await super()._connect()
+        raw = self._writer.transport.get_extra_info("socket")
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
 
 
 def chat_redis(url, **options):
@@ -26,6 +45,7 @@ def chat_redis(url, **options):
         socket_timeout=settings.REDIS_COMMAND_TIMEOUT,
         socket_connect_timeout=settings.REDIS_CONNECTION_OPTIONS["socket_connect_timeout"],
         socket_keepalive=True,
+        connection_class=AbortingConnection,
         retry=Retry(
             ExponentialWithJitterBackoff(base=0.05, cap=0.5),
             RETRIES,
