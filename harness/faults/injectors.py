@@ -7,6 +7,8 @@ import os
 import signal
 from collections import Counter
 
+from .network import NETWORK_INJECTORS
+
 
 async def process_pids(cluster):
     return await asyncio.to_thread(cluster.process_pids)
@@ -91,3 +93,4 @@ async def inject_rolling(cluster, traffic, fault):
 
 
 INJECTORS = {"kill": inject_kill, "redis": inject_redis, "rolling": inject_rolling}
+INJECTORS.update(NETWORK_INJECTORS)  # partition, slow: on a CLUSTER_NETWORK=netns cluster

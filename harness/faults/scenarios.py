@@ -4,7 +4,8 @@ rooms, the fault injected after a warm-up, traffic on until it settles, then fig
 import asyncio
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import groupby
 from pathlib import Path
 
 from ..cluster import LocalCluster
@@ -12,6 +13,7 @@ from ..logs import log_findings, log_offsets
 from ..recovery import ack_recovery, delivery_recovery, max_resume
 from ..traffic import Traffic
 from .injectors import INJECTORS, wait_ready
+from .network import cluster_settings
 from .report import summary_line
 from .targets import targets
 
@@ -103,16 +105,23 @@ def start_cluster(options, run_dir=None):
 
 
 async def run(options, scenarios=SCENARIOS, run_dir=None, report=print):
-    """Starts a cluster, runs the scenarios one after another, stops it by PID."""
-    cluster = await asyncio.to_thread(start_cluster, options, run_dir)
+    """Starts a cluster, runs the scenarios one after another, stops it by PID. Scenarios
+    that need another network (network.cluster_settings) get a cluster of their own,
+    in a directory of run_dir named after the first of them."""
+    run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="faults-"))
     results = []
-    try:
-        for scenario in scenarios:
-            report(f"{scenario}: running ({cluster.run_dir})")
-            results.append(await run_scenario(cluster, scenario, options))
-            report(summary_line(results[-1]))
-    finally:
-        leftovers = await asyncio.to_thread(cluster.down)
-        if leftovers:
-            report(f"processes left running after down: {leftovers}")
-    return results, cluster.run_dir
+    for settings, group in groupby(scenarios, cluster_settings):
+        group = list(group)
+        cluster_options = replace(options, settings={**settings, **options.settings})
+        cluster_dir = run_dir / group[0] if settings else run_dir
+        cluster = await asyncio.to_thread(start_cluster, cluster_options, cluster_dir)
+        try:
+            for scenario in group:
+                report(f"{scenario}: running ({cluster.run_dir})")
+                results.append(await run_scenario(cluster, scenario, cluster_options))
+                report(summary_line(results[-1]))
+        finally:
+            leftovers = await asyncio.to_thread(cluster.down)
+            if leftovers:
+                report(f"processes left running after down: {leftovers}")
+    return results, run_dir
