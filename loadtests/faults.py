@@ -16,6 +16,16 @@ rate, each with a unique ref. After --warmup seconds the fault is injected:
              connections break and every room's ids, history and refs are lost
     rolling  rolling restart of every replica (`cluster.py restart`): each drains
              (close 1012 over CHAT_DRAIN_SECONDS) and is ready before the next
+    partition  the replica serving the most clients cut off from Redis for 10 s
+             (iptables DROP both ways in its namespace), then healed; nginx still
+             reaches it, so its clients stay connected to it
+    slow     50 ms each way and 1 % packet loss between the replicas and Redis, for
+             the whole run; the injection measures the path and watches a replica
+
+partition and slow run on a cluster of their own with CLUSTER_NETWORK=netns (each
+replica and Redis a host of its own, in a network namespace; needs root), in
+<run dir>/partition and <run dir>/slow. During each, the replica's /readyz and
+metrics are sampled every second and printed under the table.
 
 Traffic goes on until --seconds have passed and at least --settle seconds after the
 injection finished; then sending stops and the run waits (at most --quiesce seconds)
@@ -45,12 +55,22 @@ Figures per scenario:
                  also counts from that loss (the worst client and moment)
     ack_recovery from the injection until every client's sends are acknowledged again
                  (a send made after its last refused one)
+    (partition)  receive_again: from the heal until every client of the cut replica
+                 received a message sent after the heal; unready samples; packets
+                 the cut dropped
+    (slow)       one_way_ms: half the median Redis PING from a replica's namespace;
+                 packets the loss rules dropped
 
 Targets: for kill and rolling 0 lost, 0 duplicated, 0 republished, every message
 answered, and (rolling) every close the clients saw is 1012; for redis every
 acknowledged message delivered to every client of its room, everything else refused
 with an error, 0 duplicated, nothing refused delivered, and recovery (both) within
---recovery-limit (5) seconds. The exit status is 1 when a target is missed.
+--recovery-limit (5) seconds; for partition 0 lost, 0 duplicated, 0 republished, every
+message answered (refusals with `unavailable` are allowed), nothing refused delivered,
+and the cut replica's clients receive again within --recovery-limit of the heal; for
+slow as for kill. Every scenario must show its fault took effect (partition: packets
+dropped and /readyz failing during the cut; slow: one way >= 45 ms, packets dropped).
+The exit status is 1 when a target is missed.
 """
 
 import argparse
@@ -142,7 +162,7 @@ def main(argv=None):
     for result in results:
         print(details(result))
     elapsed = time.monotonic() - started
-    print(f"\n{len(results)} scenarios in {elapsed:.0f} s; replica logs in {run_dir}/logs")
+    print(f"\n{len(results)} scenarios in {elapsed:.0f} s; replica logs in {run_dir}/**/logs")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         document = {

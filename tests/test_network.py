@@ -130,3 +130,12 @@ async def test_the_relay_delays_each_direction_and_keeps_the_order():
     finally:
         serving.cancel()
         server.close()
+
+
+def test_netns_needs_root(tmp_path, monkeypatch):
+    """Tests that `make up CLUSTER_NETWORK=netns` by another user fails saying why, and
+    makes nothing."""
+    monkeypatch.setattr(network.os, "geteuid", lambda: 1000)
+    with pytest.raises(network.NetworkError, match="needs root"):
+        network.create(layout(lb_port=31080), tmp_path)
+    assert not (tmp_path / network.STATE_FILE).exists()
