@@ -82,6 +82,10 @@ class LocalCluster:
             **LOOPBACK_EDGE_LIMITS,
             **self.settings,
         }
+        # Where each program listens, from `describe` once up: 127.0.0.1, or its own
+        # host's address with CLUSTER_NETWORK=netns; and that network's description.
+        self.hosts = {}
+        self.network = {"mode": "loopback"}
 
     def run(self, *arguments, check=True):
         return subprocess.run(
@@ -98,6 +102,8 @@ class LocalCluster:
         if result.returncode != 0:
             self.run("down", check=False)  # whatever did start
             raise AssertionError(result.stdout + result.stderr)
+        description = self.describe()
+        self.hosts, self.network = description["hosts"], description["network"]
         return result
 
     def down(self):
@@ -144,12 +150,20 @@ class LocalCluster:
     def replica_port(self, number):
         return self.chat_port + number - 1
 
+    def replica_host(self, number):
+        return self.hosts.get(f"chat-{number}", HOST)
+
+    def replica_url(self, number):
+        """http://host:port of replica `number`, for its probes and metrics."""
+        return f"http://{self.replica_host(number)}:{self.replica_port(number)}"
+
     def replica_names(self):
         return [f"chat-{number}" for number in range(1, self.replicas + 1)]
 
     def ws_url(self, room, replica=None):
-        port = self.lb_port if replica is None else self.replica_port(replica)
-        return f"ws://{HOST}:{port}/ws/chat/{room}/"
+        if replica is None:
+            return f"ws://{HOST}:{self.lb_port}/ws/chat/{room}/"
+        return f"ws://{self.replica_host(replica)}:{self.replica_port(replica)}/ws/chat/{room}/"
 
     def log(self, name):
         return (self.run_dir / "logs" / f"{name}.log").read_text(errors="replace")

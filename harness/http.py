@@ -17,7 +17,7 @@ def get(url, timeout=10):
 def replica_metrics(cluster):
     """Each replica's /metrics text, scraped from its own port, in replica order."""
     return [
-        get(f"http://127.0.0.1:{cluster.replica_port(number)}/metrics", timeout=5)[2]
+        get(f"{cluster.replica_url(number)}/metrics", timeout=5)[2]
         for number in range(1, cluster.replicas + 1)
     ]
 

@@ -18,6 +18,19 @@ rate, each with a unique ref. After --warmup seconds the fault is injected:
              (close 1012 over CHAT_DRAIN_SECONDS) and is ready before the next
     shard    on a cluster of its own with REDIS_SHARDS=2 and rooms on both shards,
              the second shard restarted (`cluster.py restart redis-2`) without its data
+    failover on a cluster of its own with REDIS_HA=sentinel: SIGKILL to the primary,
+             held down until the Sentinels promote a replica, then started again;
+             clients resend a message refused with `unavailable` (as the page does)
+    partition  the replica serving the most clients cut off from Redis for 10 s
+             (iptables DROP both ways in its namespace), then healed; nginx still
+             reaches it, so its clients stay connected to it
+    slow     50 ms each way and 1 % packet loss between the replicas and Redis, for
+             the whole run; the injection measures the path and watches a replica
+
+shard, failover, partition and slow run on clusters of their own; partition and slow
+with CLUSTER_NETWORK=netns (each replica and Redis a host of its own, in a network
+namespace; needs root). During partition and slow, the replica's /readyz and
+metrics are sampled every second and printed under the table.
 
 Traffic goes on until --seconds have passed and at least --settle seconds after the
 injection finished; then sending stops and the run waits (at most --quiesce seconds)
@@ -47,6 +60,11 @@ Figures per scenario:
                  also counts from that loss (the worst client and moment)
     ack_recovery from the injection until every client's sends are acknowledged again
                  (a send made after its last refused one)
+    (partition)  receive_again: from the heal until every client of the cut replica
+                 received a message sent after the heal; unready samples; packets
+                 the cut dropped
+    (slow)       one_way_ms: half the median Redis PING from a replica's namespace;
+                 packets the loss rules dropped
 
 Targets: for kill and rolling 0 lost, 0 duplicated, 0 republished, every message
 answered, and (rolling) every close the clients saw is 1012; for redis every
@@ -55,7 +73,14 @@ with an error, 0 duplicated, nothing refused delivered, and recovery (both) with
 --recovery-limit (5) seconds; for shard, the redis targets for the rooms on the
 restarted shard, and for the rooms on the other: nothing lost, duplicated, refused or
 unanswered, no error frame, reconnect or gap, and no client more than 1 s without a
-new message. The exit status is 1 when a target is missed.
+new message; for failover 0 lost, 0 duplicated, 0 republished, every message
+answered and none refused for good, every room keeps its epoch, and acks back within
+--recovery-limit of the failover; for partition 0 lost, 0 duplicated, 0 republished, every
+message answered (refusals with `unavailable` are allowed), nothing refused delivered,
+and the cut replica's clients receive again within --recovery-limit of the heal; for
+slow as for kill. Every scenario must show its fault took effect (partition: packets
+dropped and /readyz failing during the cut; slow: one way >= 45 ms, packets dropped).
+The exit status is 1 when a target is missed.
 """
 
 import argparse

@@ -124,8 +124,8 @@ def service_settings_read():
 @cache
 def load_local_cluster():
     """deploy/local/config.py, the local cluster's settings and generated files: a module
-    beside a script, not in a package, so loaded by its path; its one sibling import
-    (redis_servers) is found at the end of sys.path, where it shadows nothing."""
+    beside a script, not in a package, so loaded by its path; its sibling imports
+    (redis_servers, network) are found at the end of sys.path, where it shadows nothing."""
     directory = ROOT / "deploy" / "local"
     if str(directory) not in sys.path:
         sys.path.append(str(directory))

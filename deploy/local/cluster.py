@@ -22,25 +22,40 @@ import json
 import os
 import sys
 
+import network
 from config import HOST, ROOT, ClusterConfig, ClusterError
 from readiness import not_in_sync, readiness, redis_roles
 from supervision import Supervisor
 
 
 def up(config, supervisor, timeout):
+    config.network.check()
     if supervisor.pid() is None:
+        # The namespaces before the programs that run in them; a crashed run's first.
+        network.create(config.network, config.run_dir)
         supervisor.start()
         action = "started"
     else:
+        recorded = network.read_state(config.run_dir) or {"mode": "loopback"}
+        if recorded["mode"] != config.network.mode or (
+            config.network.netns and recorded.get("replicas") != list(config.replica_ports)
+        ):
+            raise ClusterError(
+                f"The running cluster's network is {recorded['mode']} with "
+                f"{recorded.get('replicas', 'its')} replicas: `make down` first to change "
+                "CLUSTER_NETWORK, or REPLICAS and REDIS_SHARDS in netns mode."
+            )
         changed = supervisor.apply_changes()
         action = f"updated ({', '.join(changed)})" if changed else "already running"
     supervisor.wait_until_ready(timeout)
     ports = list(config.replica_ports.values())
+    first, last = config.network.address("chat-1"), config.network.address(f"chat-{len(ports)}")
     print(
         f"chat-cluster {action}: {config.replicas} replicas, {config.consumer} consumer, "
         f"{config.channel_layer} channel layer\n"
         f"  Chat        {config.lb_url}/chat/lobby/   (open it in two tabs)\n"
-        f"  Replicas    http://{HOST}:{ports[0]} ... http://{HOST}:{ports[-1]}\n"
+        f"  Replicas    http://{first}:{ports[0]} ... http://{last}:{ports[-1]}\n"
+        f"  Network     {network_line(config.network)}\n"
         f"  Prometheus  {config.prometheus_url}/targets\n"
         f"  Redis       {redis_summary(config)}\n"
         f"  Logs        {config.log_dir}   (make logs, make status, make down)"
@@ -55,8 +70,22 @@ def redis_summary(config):
     return f"{len(layout.servers)} servers, primaries found through the Sentinels {sentinels}"
 
 
+def network_line(layout):
+    if not layout.netns:
+        return "loopback: every program on 127.0.0.1"
+    slow = f", {layout.delay_ms} ms to Redis" if layout.delay_ms else ""
+    loss = f", {layout.loss_percent:g} % loss to Redis" if layout.loss_percent else ""
+    return f"netns: a host per replica and Redis in {layout.subnet}{slow}{loss}"
+
+
 def down(config, supervisor):
-    stopped = supervisor.stop_all()
+    try:
+        stopped = supervisor.stop_all()
+    finally:
+        # Also when start-up failed, or supervisord is gone: what this run dir made.
+        removed = network.remove(config.run_dir)
+    if removed:
+        print(f"network removed: {', '.join(removed)}")
     if stopped is None:
         print(f"chat-cluster is not running ({config.run_dir})")
         return
@@ -91,12 +120,21 @@ def status(config, supervisor):
     roles = redis_roles(config.redis_layout.ports) if config.redis_ha == "sentinel" else {}
     processes = supervisor.processes()
     ports = config.program_ports
+    layout = config.network
+    wide = 13 if layout.netns else 10
     for process in processes:
         name = process["name"]
+        # A relay listens where its Redis is reached.
+        host = layout.address(name.removesuffix("-delay"))
+        port = ports.get(name.removesuffix("-delay"), "-")
+        where = f"{host}:{port}" if layout.netns else f"port {port}"
+        state = states.get(name) or roles.get(name, "")
         print(
-            f"{name:10} {process['statename']:9} pid {process['pid']:<8} "
-            f"port {ports.get(name, '-'):<6} {states.get(name) or roles.get(name, '')}"
+            f"{name:{wide}} {process['statename']:9} pid {process['pid']:<8} "
+            f"{where:<{17 if layout.netns else 11}} {state}".rstrip()
         )
+    if layout.netns:
+        print(f"network       {network_line(layout)}")
     return (
         all(p["statename"] == "RUNNING" for p in processes)
         and all(state == "ready" for state in states.values())
@@ -118,6 +156,9 @@ def describe(config, supervisor):
                 "lb_url": config.lb_url,
                 "prometheus_url": config.prometheus_url,
                 "replica_ports": config.replica_ports,
+                # Where each program listens: 127.0.0.1, or its host's address (netns).
+                "hosts": {name: config.network.address(name) for name in config.program_ports},
+                "network": config.network.describe(),
                 "redis_url": config.redis_url,
                 "redis_urls": config.redis_urls,
                 "redis_ha": config.redis_ha,
@@ -178,7 +219,7 @@ def main(argv=None):
             logs(config, supervisor, args.lines, args.follow)
         elif args.command == "describe":
             describe(config, supervisor)
-    except ClusterError as error:
+    except (ClusterError, network.NetworkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

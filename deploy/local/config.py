@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from network import Layout, layout_settings
 from redis_servers import RedisLayout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +131,7 @@ class Programs:
     redis_server: str
     nginx: str
     prometheus: str
+    ip: str = "ip"  # iproute2, for CLUSTER_NETWORK=netns
 
     @classmethod
     def find(cls):
@@ -138,6 +140,7 @@ class Programs:
             redis_server=find_program("redis-server"),
             nginx=find_program("nginx"),
             prometheus=find_program("prometheus"),
+            ip=shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin") or "ip",
         )
 
 
@@ -166,6 +169,8 @@ class ClusterConfig:
     redis_appendonly: str = "no"
     # The SERVICE_SETTINGS that are set, passed on to every replica.
     service_settings: dict = field(default_factory=dict)
+    # CLUSTER_NETWORK and its delay and loss (network.py).
+    network_settings: dict = field(default_factory=lambda: {"mode": "loopback"})
 
     @classmethod
     def from_environment(cls, run_dir, environ=os.environ, defaults=None):
@@ -207,7 +212,12 @@ class ClusterConfig:
             service_settings={
                 name: environ[name] for name in SERVICE_SETTINGS if environ.get(name)
             },
+            network_settings=layout_settings(run_dir, environ, defaults),
         )
+
+    def __post_init__(self):
+        if self.redis_ha == "sentinel" and self.network.netns:
+            raise ClusterError("REDIS_HA=sentinel does not run with CLUSTER_NETWORK=netns yet")
 
     # --- Layout -------------------------------------------------------------
 
@@ -238,6 +248,16 @@ class ClusterConfig:
         return self.run_dir / "secret_key"
 
     # --- Addresses ----------------------------------------------------------
+
+    @property
+    def network(self):
+        """Where each program runs and listens (network.py)."""
+        return Layout(
+            lb_port=self.lb_port,
+            replicas=tuple(self.replica_ports),
+            redis=tuple(self.redis_ports),
+            **self.network_settings,
+        )
 
     @property
     def replica_ports(self):
@@ -282,7 +302,10 @@ class ClusterConfig:
     @property
     def redis_urls(self):
         """Each shard's first server (its primary until a failover)."""
-        return self.redis_layout.urls()
+        return [
+            f"redis://{self.network.address(server.name)}:{server.port}/0"
+            for server in self.redis_layout.primaries
+        ]
 
     @property
     def lb_url(self):
@@ -296,7 +319,7 @@ class ClusterConfig:
     def probe_urls(self):
         """The readiness URL of every program that has one, by program name."""
         urls = {
-            name: f"http://{HOST}:{port}{self.readiness_path}"
+            name: f"http://{self.network.address(name)}:{port}{self.readiness_path}"
             for name, port in self.replica_ports.items()
         }
         urls["nginx"] = f"{self.lb_url}{self.lb_health_path}"
@@ -338,7 +361,7 @@ class ClusterConfig:
             "CHAT_REPLICA_ID": name,
             # The drain that stop_wait_seconds allows for.
             "CHAT_DRAIN_SECONDS": str(self.drain_seconds),
-            **self.redis_layout.service_settings(self.service_settings),
+            **self.redis_layout.service_settings(self.service_settings, self.redis_urls),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -357,8 +380,8 @@ def nginx_upstream_servers(config):
         # on to the next replica, but does not bar the replica for fail_timeout: a
         # WebSocket never ends the bar, so a drained replica, once back, got almost
         # no new connections while the others were drained in turn.
-        f"        server {HOST}:{port} max_fails=0;"
-        for port in config.replica_ports.values()
+        f"        server {config.network.address(name)}:{port} max_fails=0;"
+        for name, port in config.replica_ports.items()
     )
 
 
@@ -378,7 +401,8 @@ def rendered_files(config, programs, secret_key, run_as_root):
             DEPLOY / "local" / "replica.conf.template",
             name=name,
             port=port,
-            host=HOST,
+            host=config.network.address(name),
+            netns_exec=config.network.exec_prefix(programs.ip, name),
             python=programs.python,
             service_dir=SERVICE_DIR,
             log_dir=config.log_dir,
@@ -392,13 +416,14 @@ def rendered_files(config, programs, secret_key, run_as_root):
         render(
             DEPLOY / "local" / f"{template}-program.conf.template",
             name=name,
+            netns_exec=config.network.exec_prefix(programs.ip, name),
             redis_server=programs.redis_server,
             run_dir=config.run_dir,
             log_dir=config.log_dir,
         )
         for template, names in (("redis", config.redis_ports), ("sentinel", config.sentinel_ports))
         for name in names
-    )
+    ) + relay_programs(config, programs)
     redis_files = {
         f"{server.name}.conf": render(
             DEPLOY / "redis" / "redis.conf.template",
@@ -406,8 +431,9 @@ def rendered_files(config, programs, secret_key, run_as_root):
             redis_maxmemory_policy=config.redis_maxmemory_policy,
             redis_dir=config.run_dir / server.name,
             server_options=layout.server_options(server),
-            **{**values, "redis_port": server.port},
+            **{**values, "redis_port": server.port, "host": config.network.redis_bind(server.name)},
         )
+        + config.network.redis_conf()
         for server in layout.servers
     }
     # Each Sentinel's first config; it runs on a copy (Supervisor.start).
@@ -447,7 +473,30 @@ def rendered_files(config, programs, secret_key, run_as_root):
         "prometheus.yml": render(
             DEPLOY / "prometheus" / "prometheus.local.yml.template",
             metrics_path=config.metrics_path,
-            replica_targets=", ".join(f'"{HOST}:{port}"' for port in config.replica_ports.values()),
+            replica_targets=", ".join(
+                f'"{config.network.address(name)}:{port}"'
+                for name, port in config.replica_ports.items()
+            ),
             **values,
         ),
     }
+
+
+def relay_programs(config, programs):
+    """CLUSTER_REDIS_DELAY_MS: a delaying relay in each Redis shard's namespace (relay.py)."""
+    if not config.network.delay_ms:
+        return ""
+    return "".join(
+        render(
+            DEPLOY / "local" / "relay-program.conf.template",
+            name=config.network.relay_name(name),
+            netns_exec=config.network.exec_prefix(programs.ip, name),
+            python=programs.python,
+            relay=DEPLOY / "local" / "relay.py",
+            listen=f"{config.network.address(name)}:{port}",
+            upstream=f"{config.network.redis_bind(name)}:{port}",
+            delay_ms=config.network.delay_ms,
+            log_dir=config.log_dir,
+        )
+        for name, port in config.redis_ports.items()
+    )

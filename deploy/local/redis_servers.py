@@ -91,14 +91,10 @@ class RedisLayout:
         # its replica and wipe it: with Sentinel every server keeps an append-only file.
         return "everysec" if self.sentinel else self.appendonly
 
-    def urls(self):
-        """The primaries' URLs, one per shard (what REDIS_URLS names without Sentinel)."""
-        return [f"redis://{HOST}:{server.port}/0" for server in self.primaries]
-
-    def service_settings(self, environ):
-        """The Redis settings every replica gets."""
+    def service_settings(self, environ, urls):
+        """The Redis settings every replica gets; `urls` are the primaries' URLs."""
         if not self.sentinel:
-            return {"REDIS_URLS": ",".join(self.urls())}
+            return {"REDIS_URLS": ",".join(urls)}
         return {
             "REDIS_SENTINELS": ",".join(f"{HOST}:{port}" for port in self.sentinel_ports.values()),
             "REDIS_SENTINEL_MASTERS": ",".join(s.master_name for s in self.primaries),

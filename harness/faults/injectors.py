@@ -11,6 +11,8 @@ from collections import Counter
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .network import NETWORK_INJECTORS
+
 FAILOVER_TIMEOUT_S = 60
 
 
@@ -158,3 +160,4 @@ INJECTORS = {
     "shard": inject_shard,
     "failover": inject_failover,
 }
+INJECTORS.update(NETWORK_INJECTORS)  # partition, slow: on a CLUSTER_NETWORK=netns cluster

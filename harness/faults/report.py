@@ -64,6 +64,7 @@ def details(result):
     ]
     for error in fault.get("errors", []):
         lines.append(f"  fault note: {error}")
+    lines.extend(f"  {note}" for note in fault.get("notes", []))
     names = ("refused_by_code", "errors", "connect_failures", "client_crashes", "unresumed")
     for name in names:
         if result[name]:

@@ -14,13 +14,18 @@ from ..recovery import ack_recovery, delivery_recovery, longest_silence, max_res
 from ..shards import room_shard, rooms_across_shards
 from ..traffic import Traffic
 from .injectors import INJECTORS, wait_ready
+from .network import CLUSTER_SETTINGS as NETWORK_SETTINGS
 from .report import summary_line
 from .targets import targets
 
 SCENARIOS = tuple(INJECTORS)
 # What a scenario's cluster needs beyond Options.settings; scenarios that need the
 # same share one cluster.
-CLUSTER_SETTINGS = {"shard": {"REDIS_SHARDS": "2"}, "failover": {"REDIS_HA": "sentinel"}}
+CLUSTER_SETTINGS = {
+    "shard": {"REDIS_SHARDS": "2"},
+    "failover": {"REDIS_HA": "sentinel"},
+    **NETWORK_SETTINGS,  # partition, slow: CLUSTER_NETWORK=netns
+}
 # Scenarios whose clients resend a message refused with `unavailable` (as the browser
 # page does), this many times a second apart: a failover's refusals are transient.
 UNAVAILABLE_RETRIES = {"failover": 10}
@@ -155,8 +160,8 @@ async def run(options, scenarios=SCENARIOS, run_dir=None, report=print):
     """Starts a cluster for each kind the scenarios need, runs them one after another,
     stops each by PID. Returns the figures and the run directories."""
     results, run_dirs = [], []
-    for number, (settings, names) in enumerate(clusters_needed(scenarios)):
-        directory = Path(run_dir) / f"cluster-{number}" if run_dir else None
+    for settings, names in clusters_needed(scenarios):
+        directory = Path(run_dir) / names[0] if run_dir and settings else run_dir
         cluster = await asyncio.to_thread(start_cluster, options, directory, settings)
         run_dirs.append(cluster.run_dir)
         try:

@@ -5,6 +5,8 @@ from chat.protocol import CLOSE_SERVICE_RESTART
 # Rooms on an untouched shard: clients send 5 messages/s each, so a room hears several
 # a second; a second without one is an interruption.
 SILENCE_LIMIT_S = 1.0
+# The slow scenario's link is 50 ms each way (harness/faults/network.py).
+SLOW_MIN_ONE_WAY_MS = 45
 
 
 def fault_took_effect(scenario, figures):
@@ -19,6 +21,13 @@ def fault_took_effect(scenario, figures):
         return replaced and figures["shards"]["restarted"]["epochs_per_room_min"] >= 2
     if scenario == "failover":
         return replaced and "new_primary" in figures["fault"]
+    fault = figures["fault"]
+    if scenario == "partition":
+        # Packets were dropped, and the replica said so: /readyz failed during the cut.
+        return fault.get("partition_dropped_packets", 0) > 0 and fault.get("unready_samples", 0) > 0
+    if scenario == "slow":
+        lossy = fault.get("dropped_packets", 0) > 0 or not fault.get("loss_percent")
+        return fault.get("one_way_ms", 0) >= SLOW_MIN_ONE_WAY_MS and lossy
     return replaced and figures["connection_losses_min"] >= 1
 
 
@@ -92,6 +101,13 @@ def targets(scenario, figures, recovery_limit):
         "every client recovered": figures["recovery_s"] < float("inf"),
         **sound,
     }
+    if scenario == "partition":
+        limit = recovery_limit
+        receive_again = figures["fault"].get("receive_again_s", float("inf"))
+        checks["refused messages not delivered"] = figures["refused_delivered"] == 0
+        checks[f"the cut replica's clients receive again <= {limit:g} s after the heal"] = (
+            receive_again <= limit
+        )
     if scenario == "rolling":
         closes = figures["closes"]
         checks[f"every close during the drain is {CLOSE_SERVICE_RESTART}"] = bool(closes) and set(

@@ -60,14 +60,14 @@ async def test_no_ack_until_a_replica_holds_the_message(sentinel_cluster):
     try:
         await sender.say("held", ref="r-held")
         refusal = await sender.receive(timeout=10)
-        assert refusal["type"] == "error" and refusal["code"] == "unavailable", refusal
+        assert (refusal["type"], refusal["code"]) == ("error", "unavailable"), refusal
         await listener.assert_silent(0.5)
     finally:
         sentinel_cluster.run("start", "redis-b", "redis-c")
         await wait_ready(sentinel_cluster)  # the replicas in sync again
     await sender.say("held", ref="r-held")
     ack = await sender.receive(timeout=10)
-    assert ack["type"] == "ack" and ack["ref"] == "r-held", ack
+    assert (ack["type"], ack["ref"]) == ("ack", "r-held"), ack
     delivered = await listener.receive_chat()
     assert (delivered["message"], delivered["id"]) == ("held", ack["id"])
     await listener.assert_silent(0.5)  # once

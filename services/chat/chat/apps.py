@@ -2,7 +2,7 @@ from channels.layers import get_channel_layer
 from django.apps import AppConfig
 from django.conf import settings
 
-from . import metrics
+from . import metrics, redis_connections
 from .channel_layer import ChatChannelLayer
 from .replica import Replica
 
@@ -14,6 +14,7 @@ class ChatConfig(AppConfig):
         channel_layer = get_channel_layer()
         if isinstance(channel_layer, ChatChannelLayer):
             channel_layer.check_internals()  # fail at start-up, not on the first message
+        redis_connections.check_internals()
         self.replica = Replica.from_settings(channel_layer)
         metrics.watch_resources(self.replica.resources)
         metrics.describe_replica(

@@ -11,6 +11,9 @@ on a new one, twice at most: after a Redis restart or a failover the pool still 
 the dead connections. Only connection errors are retried, not timeouts (each would
 cost REDIS_COMMAND_TIMEOUT again), and every command sent is safe to repeat: reads,
 and the publish script, which is idempotent through its message ref.
+
+Connections close with a reset (chat.redis_connections): a command that timed out
+must not reach Redis later.
 """
 
 from django.conf import settings
@@ -20,6 +23,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
+
+from .redis_connections import AbortingConnection, AbortingSentinelConnection
 
 RETRIES = 2
 
@@ -56,8 +61,10 @@ def chat_redis(server, **options):
     )
     if "master_name" in server:
         manager = sentinel(server, options["socket_connect_timeout"])
+        options["connection_class"] = AbortingSentinelConnection
         pool = BlockingSentinelConnectionPool(server["master_name"], manager, **options)
     else:
+        options["connection_class"] = AbortingConnection
         pool = aioredis.BlockingConnectionPool.from_url(server["address"], **options)
     return aioredis.Redis.from_pool(pool)  # the client owns it: aclose() closes it
 
