@@ -277,7 +277,7 @@ def test_the_sentinel_variant_persists_replicates_and_keeps_a_quorum():
     quorum, and pods spread over nodes."""
     redis = k8s_object("StatefulSet", "redis", SENTINEL)["spec"]
     sentinel = k8s_object("StatefulSet", "redis-sentinel", SENTINEL)["spec"]
-    assert redis["replicas"] == 2
+    assert redis["replicas"] == 3
     assert sentinel["replicas"] == 3
     assert redis["serviceName"] == "redis-headless"
     assert sentinel["serviceName"] == "redis-sentinel"
@@ -326,18 +326,19 @@ def test_the_sentinel_variant_lets_the_pods_reach_each_other():
     }
 
 
-def test_compose_ha_adds_a_replica_and_three_sentinels():
-    """Tests docker-compose.ha.yml as Compose renders it over docker-compose.yml: a replica
-    and 3 Sentinels, hardened like the rest, the servers persisting on volumes of their own,
-    and the chat replicas waiting for them all."""
+def test_compose_ha_adds_two_replicas_and_three_sentinels():
+    """Tests docker-compose.ha.yml as Compose renders it over docker-compose.yml: two
+    replicas and 3 Sentinels, hardened like the rest, the servers persisting on volumes
+    of their own, and the chat replicas waiting for them all."""
     services = compose_ha()["services"]
     assert set(services) == set(compose()["services"]) - {"locust"} | {
         "redis-replica",
+        "redis-replica-2",
         "sentinel-1",
         "sentinel-2",
         "sentinel-3",
     }
-    servers = {name: services[name] for name in ("redis", "redis-replica")}
+    servers = {name: services[name] for name in ("redis", "redis-replica", "redis-replica-2")}
     sentinels = {name: services[name] for name in ("sentinel-1", "sentinel-2", "sentinel-3")}
     for name, service in {**servers, **sentinels}.items():
         assert service["user"] == "10999:10999", name
@@ -345,7 +346,7 @@ def test_compose_ha_adds_a_replica_and_three_sentinels():
         assert service["cap_drop"] == ["ALL"], name
         assert service["healthcheck"]["test"], name
         assert service["environment"]["REDIS_SELF"] == name
-        assert service["environment"]["REDIS_HOSTS"] == "redis,redis-replica"
+        assert service["environment"]["REDIS_HOSTS"] == "redis,redis-replica,redis-replica-2"
     for name, service in servers.items():
         assert service["command"] == ["redis-start.sh", "server"]
         assert service["environment"]["REDIS_APPENDONLY"] == "everysec"

@@ -119,7 +119,7 @@ def test_every_redis_has_the_memory_limit_of_defaults_env():
     assert '--maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy "$REDIS_MAXMEMORY_POLICY"' in (
         REDIS_START
     )
-    for name in ("redis", "redis-replica"):
+    for name in ("redis", "redis-replica", "redis-replica-2"):
         environment = compose_ha()["services"][name]["environment"]
         assert (environment["REDIS_MAXMEMORY"], environment["REDIS_MAXMEMORY_POLICY"]) == (
             limit,
@@ -308,11 +308,12 @@ def test_the_sentinel_settings_are_the_same_in_every_runtime():
 
     services = compose_ha()["services"]
     sentinels = [f"sentinel-{n}:{sentinel_port}" for n in (1, 2, 3)]
-    for name in ("chat", "redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"):
+    servers = ("redis", "redis-replica", "redis-replica-2")
+    for name in ("chat", *servers, "sentinel-1", "sentinel-2", "sentinel-3"):
         environment = services[name]["environment"]
         assert environment["REDIS_SENTINELS"] == ",".join(sentinels), name
         assert environment["REDIS_SENTINEL_MASTERS"] == masters, name
-    for name in ("redis", "redis-replica"):
+    for name in ("redis", "redis-replica", "redis-replica-2"):
         assert services[name]["environment"]["REDIS_APPENDONLY"] == "everysec"
         assert services[name]["environment"]["REDIS_PORT"] == settings["REDIS_PORT"]
     for name in ("sentinel-1", "sentinel-2", "sentinel-3"):

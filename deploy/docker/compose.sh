@@ -10,9 +10,9 @@ export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-chat-cluster}
 export COMPOSE_BAKE=false  # builds with the engine's BuildKit; buildx is not needed
 # REDIS_HA=sentinel: a Redis replica and three Sentinels (docker-compose.ha.yml).
 case "${REDIS_HA:-}" in
-    "") ;;
+    ""|none) ;;
     sentinel) export COMPOSE_FILE=docker-compose.yml:docker-compose.ha.yml ;;
-    *) echo "error: REDIS_HA is empty or sentinel, not '$REDIS_HA'" >&2; exit 2 ;;
+    *) echo "error: REDIS_HA is none or sentinel, not '$REDIS_HA'" >&2; exit 2 ;;
 esac
 
 if ! docker version >/dev/null 2>&1; then
