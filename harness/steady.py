@@ -60,7 +60,7 @@ FIELDS = [
 
 class ChatTarget:
     """A LocalCluster seen through nginx; its server CPU is the replicas', nginx's
-    (master and workers) and Redis'."""
+    (master and workers) and every Redis server's and Sentinel's."""
 
     name = "chat"
 
@@ -77,7 +77,7 @@ class ChatTarget:
         return {
             "replicas": list(self.cluster.replica_pids(pids).values()),
             "nginx": process_tree(pids["nginx"]),
-            "redis": [pids["redis"]],
+            "redis": [pid for name, pid in pids.items() if name.startswith(("redis", "sentinel"))],
         }
 
 

@@ -149,7 +149,7 @@ brackets: near 100 it would be the bottleneck).
 
 - Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()},
   {platform.platform()}. The generator shares the cores with the servers.
-- Chat: {args.replicas} Daphne replicas behind nginx (least_conn), one Redis, settings
+- Chat: {args.replicas} Daphne replicas behind nginx (least_conn), Redis as the settings say,
   {", ".join(f"{k}={v}" for k, v in settings(args).items())}.
 - Floor: `loadtests/floor_server.py`, one process, no nginx or Redis.
 
