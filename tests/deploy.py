@@ -121,19 +121,30 @@ def service_settings_read():
     return names
 
 
-@cache
-def load_local_cluster():
-    """deploy/local/config.py, the local cluster's settings and generated files: a module
-    beside a script, not in a package, so loaded by its path; its sibling imports
-    (redis_servers, network) are found at the end of sys.path, where it shadows nothing."""
+def load_local_module(name):
+    """A module of deploy/local, beside its scripts and not in a package: loaded by its
+    path under its own name, as the scripts import each other, so that config.py and
+    rendering.py share one `config`."""
+    if name in sys.modules:
+        return sys.modules[name]
     directory = ROOT / "deploy" / "local"
     if str(directory) not in sys.path:
-        sys.path.append(str(directory))
-    path = directory / "config.py"
-    spec = importlib.util.spec_from_file_location("local_cluster_config", path)
+        sys.path.append(str(directory))  # for their imports of each other
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_local_cluster():
+    """deploy/local/config.py: the local cluster's settings."""
+    return load_local_module("config")
+
+
+def load_local_rendering():
+    """deploy/local/rendering.py: the files the local cluster generates."""
+    return load_local_module("rendering")
 
 
 def nginx_listen_ports(text):

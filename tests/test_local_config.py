@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from .deploy import defaults, load_local_cluster, nginx_listen_ports
+from .deploy import defaults, load_local_cluster, load_local_rendering, nginx_listen_ports
 
 config = load_local_cluster()
+rendering = load_local_rendering()
 
 PROGRAMS = config.Programs(
     python="/opt/py/bin/python",
@@ -29,7 +30,7 @@ def cluster(tmp_path, **environ):
 
 
 def render(cluster, secret_key="s3cret", run_as_root=False):
-    return config.rendered_files(cluster, PROGRAMS, secret_key, run_as_root)
+    return rendering.rendered_files(cluster, PROGRAMS, secret_key, run_as_root)
 
 
 def supervisord_sections(text):

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from .deploy import ROOT, defaults, load_local_cluster
+from .deploy import ROOT, defaults, load_local_cluster, load_local_rendering
 
 config = load_local_cluster()
+rendering = load_local_rendering()
 network = sys.modules["network"]
 
 
@@ -70,7 +71,7 @@ def test_programs_run_in_their_namespace_and_listen_on_its_address(tmp_path):
     environ = {"CLUSTER_NETWORK": "netns", "LB_PORT": "31080", "CLUSTER_REDIS_DELAY_MS": "50"}
     cluster = config.ClusterConfig.from_environment(tmp_path / "run", environ=environ)
     programs = config.Programs("/py", "/redis-server", "/nginx", "/prometheus", ip="/ip")
-    files = config.rendered_files(cluster, programs, "key", run_as_root=True)
+    files = rendering.rendered_files(cluster, programs, "key", run_as_root=True)
     supervisord = files["supervisord.conf"]
     assert "command=/ip netns exec cc31080-chat-2 /py -m chatsite.serve --bind 10.121.104.33" in (
         supervisord

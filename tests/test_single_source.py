@@ -21,6 +21,7 @@ from .deploy import (
     k8s_object,
     kustomize,
     load_local_cluster,
+    load_local_rendering,
     nginx_listen_ports,
     service_settings_read,
 )
@@ -264,11 +265,12 @@ def test_images_are_pinned_in_one_place():
 
 
 def local_nginx_conf(environ=None):
-    """The local cluster's nginx.conf as config.py renders it from defaults.env."""
+    """The local cluster's nginx.conf as rendering.py renders it from defaults.env."""
     local = load_local_cluster()
     settings = local.ClusterConfig.from_environment(ROOT / ".run" / "test", environ=environ or {})
     programs = local.Programs("python", "redis-server", "nginx", "prometheus")
-    return local.rendered_files(settings, programs, "secret", run_as_root=False)["nginx.conf"]
+    rendering = load_local_rendering()
+    return rendering.rendered_files(settings, programs, "secret", run_as_root=False)["nginx.conf"]
 
 
 def test_every_nginx_limits_websockets_per_address_as_defaults_env_says():

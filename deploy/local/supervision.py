@@ -16,8 +16,9 @@ import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import ClusterError, Programs, rendered_files
+from config import ClusterError, Programs
 from readiness import check_ports_free, not_in_sync, readiness, redis_roles
+from rendering import rendered_files
 from supervisor.xmlrpc import SupervisorTransport
 
 
