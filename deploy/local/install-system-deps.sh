@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local cluster runs (nginx, redis-server,
-# prometheus) and the browser the tests drive (chromium).
+# prometheus; iproute2 and iptables for CLUSTER_NETWORK=netns) and the browser the
+# tests drive (chromium).
 set -euo pipefail
 
 missing=()
@@ -8,6 +9,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v prometheus >/dev/null || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
+command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
