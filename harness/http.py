@@ -1,8 +1,10 @@
 """Plain HTTP against a cluster: pages, probes, and the replicas' own metrics."""
 
+import json
 import re
 import urllib.error
 import urllib.request
+from urllib.parse import urlencode
 
 
 def get(url, timeout=10):
@@ -39,3 +41,12 @@ def replica_gauges(cluster, metrics):
         found = dict(re.findall(r"^(\w+) (\S+)$", text, re.MULTILINE))
         values.append({metric: float(found[metric]) for metric in metrics})
     return values
+
+
+def prometheus_query(cluster, query):
+    """The instant vector of a PromQL query on the cluster's Prometheus: a list of
+    {"metric": labels, "value": [time, "value"]}."""
+    url = f"http://127.0.0.1:{cluster.prometheus_port}/api/v1/query?" + urlencode({"query": query})
+    status, _, body = get(url)
+    assert status == 200, body
+    return json.loads(body)["data"]["result"]

@@ -4,6 +4,7 @@ across replicas stays exact for rooms on either, and every replica is ready on b
 import itertools
 import json
 import secrets
+import time
 
 import pytest
 import redis
@@ -11,7 +12,7 @@ import redis
 from harness.client import join
 from harness.faults import scenarios
 from harness.faults.report import details, table
-from harness.http import get
+from harness.http import get, prometheus_query
 from harness.shards import rooms_per_shard
 
 from .conftest import start_cluster
@@ -64,6 +65,29 @@ def test_every_replica_is_ready_on_both_shards(sharded):
         status, _, body = get(f"http://127.0.0.1:{sharded.replica_port(number)}/readyz")
         assert status == 200, body
         assert json.loads(body)["redis"] == dict.fromkeys(addresses, "ok")
+
+
+def test_prometheus_sees_both_shards_from_every_replica(sharded):
+    """Tests that every replica exports chat_redis_up and chat_redis_writable for each
+    shard, and that the cluster's Prometheus has scraped them (it scrapes every 5 s)."""
+    expected = {
+        (f"127.0.0.1:{sharded.replica_port(number)}", f"127.0.0.1:{port}")
+        for number in range(1, sharded.replicas + 1)
+        for port in sharded.redis_ports
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        seen = {
+            metric: {
+                (series["metric"]["instance"], series["metric"]["redis"]): series["value"][1]
+                for series in prometheus_query(sharded, metric)
+            }
+            for metric in ("chat_redis_up", "chat_redis_writable")
+        }
+        if all(found == dict.fromkeys(expected, "1") for found in seen.values()):
+            return
+        assert time.monotonic() < deadline, f"Prometheus has {seen}, not 1 for each of {expected}"
+        time.sleep(1)
 
 
 def test_status_lists_every_shard(sharded):

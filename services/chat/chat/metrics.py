@@ -70,6 +70,21 @@ errors = Counter(
     ["code"],
     namespace=NAMESPACE,
 )
+# Set from the pings of every /readyz and every scrape of /metrics (chat.probes), so that
+# Prometheus sees each Redis of each replica, shards and Sentinel primaries included.
+redis_up = Gauge(
+    "redis_up",
+    "1 while this Redis answers, 0 when it does not, by host:port (with Sentinel: the master's"
+    " name and the primary the Sentinels name).",
+    ["redis"],
+    namespace=NAMESPACE,
+)
+redis_writable = Gauge(
+    "redis_writable",
+    "1 while this Redis takes writes, 0 when it is unreachable or full (maxmemory).",
+    ["redis"],
+    namespace=NAMESPACE,
+)
 redis_writes_refused = Counter(
     "redis_writes_refused",
     "Redis writes refused because Redis is full (OOM at maxmemory), by operation.",

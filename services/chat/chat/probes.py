@@ -10,6 +10,7 @@ from prometheus_client import make_asgi_app
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from . import metrics
 from .redis_clients import as_server, refuses_writes, sentinel
 from .replica import current
 
@@ -55,6 +56,8 @@ class ProbeEndpoints:
             body = {"status": status, "replica": replica.name, "redis": redis}
             await self.respond(send, 200 if ready else 503, body)
         elif path == METRICS_PATH:
+            replica = current()
+            await redis_states(replica.redis_servers, replica.name)  # fresh chat_redis_* gauges
             await self.metrics_app(scope, receive, self.with_replica_header(send))
         else:
             await self.application(scope, receive, self.with_replica_header(send))
@@ -90,8 +93,19 @@ async def redis_states(servers, replica_name):
     if not servers:
         return {"memory": REDIS_OK}
     key = WRITE_PROBE_KEY.format(replica=replica_name)
-    results = await asyncio.gather(*(probe(as_server(server), key) for server in servers))
-    return dict(results)
+    states = dict(await asyncio.gather(*(probe(as_server(server), key) for server in servers)))
+    record(states)
+    return states
+
+
+def record(states):
+    """The states as the chat_redis_up and chat_redis_writable gauges. Cleared first:
+    after a failover the old primary's series must go."""
+    metrics.redis_up.clear()
+    metrics.redis_writable.clear()
+    for name, state in states.items():
+        metrics.redis_up.labels(name).set(state in (REDIS_OK, REDIS_REFUSING_WRITES))
+        metrics.redis_writable.labels(name).set(state == REDIS_OK)
 
 
 def redis_address(url):
