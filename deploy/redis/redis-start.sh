@@ -107,7 +107,7 @@ sentinel announce-port $REDIS_SENTINEL_PORT
 sentinel myid $(printf %s "$REDIS_SELF" | sha1sum | cut -c1-40)
 sentinel monitor $MASTER $primary ${SENTINEL_QUORUM:-2}
 sentinel down-after-milliseconds $MASTER ${SENTINEL_DOWN_AFTER_MS:-2000}
-sentinel failover-timeout $MASTER ${SENTINEL_FAILOVER_TIMEOUT_MS:-10000}
+sentinel failover-timeout $MASTER ${SENTINEL_FAILOVER_TIMEOUT_MS:-3000}
 sentinel parallel-syncs $MASTER 1
 EOF
     exec redis-server "$dir/sentinel.conf" --sentinel

@@ -14,6 +14,8 @@ from redis.exceptions import RedisError
 from .network import NETWORK_INJECTORS
 
 FAILOVER_TIMEOUT_S = 60
+# Long enough for `cluster.py stop` to have asked supervisord (a Python start-up).
+STOP_REQUEST_S = 1.0
 
 
 async def process_pids(cluster):
@@ -133,10 +135,14 @@ async def inject_failover(cluster, traffic, fault):
     name = names[old_port]
     pid = (await process_pids(cluster))[name]
     fault["action"] = f"SIGKILL {name} (pid {pid}, the primary), kept down until a failover"
-    os.kill(pid, signal.SIGKILL)
+    # Frozen first, so that supervisord, asked to stop it, does not start it again when
+    # the SIGKILL ends it: the primary is gone from the SIGSTOP on.
+    os.kill(pid, signal.SIGSTOP)
     fault["injected_at"] = loop.time()
-    # Before supervisord starts it again, if it has not yet.
-    await asyncio.to_thread(cluster.run, "stop", name, check=False)
+    stopping = asyncio.create_task(asyncio.to_thread(cluster.run, "stop", name, check=False))
+    await asyncio.sleep(STOP_REQUEST_S)
+    os.kill(pid, signal.SIGKILL)
+    await stopping
     deadline = loop.time() + FAILOVER_TIMEOUT_S
     port = old_port
     while port in (old_port, None) and loop.time() < deadline:

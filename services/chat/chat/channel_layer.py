@@ -36,6 +36,7 @@ from channels_redis.pubsub import (
 )
 from channels_redis.serializers import MsgPackSerializer
 from channels_redis.utils import _consistent_hash, _wrap_close
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class ChannelLayerMismatch(RuntimeError):
 
 # What a consumer whose queue overflowed is sent, once, after what it holds.
 OVERFLOW = {"type": "channel.overflow"}
+# How often wait_subscribed() looks again.
+RESUBSCRIBE_POLL_S = 0.05
 
 
 class BoundedChannelQueue(asyncio.Queue):
@@ -90,9 +93,45 @@ class BoundedChannelQueue(asyncio.Queue):
         return item
 
 
+class SubscriptionWatch:
+    """When a shard's pub/sub connection was last made, its subscriptions renewed:
+    redis-py re-subscribes in PubSub.on_connect, which this wraps (a bound method, as
+    redis-py keeps connect callbacks as weak methods)."""
+
+    def __init__(self, pubsub):
+        self.pubsub = pubsub
+        # Loop time. The first connection is made, and subscribed on, right after this;
+        # redis-py calls on_connect only for the ones after.
+        self.connected_at = asyncio.get_running_loop().time()
+        pubsub.on_connect = self.on_connect  # what PubSub.connect() registers
+
+    async def on_connect(self, connection):
+        await type(self.pubsub).on_connect(self.pubsub, connection)
+        self.connected_at = asyncio.get_running_loop().time()
+
+
 class FanOutShardConnection(RedisSingleShardConnection):
     """channels_redis' connection to one Redis, whose group messages are decoded once
-    and offered to the group's attached members before any is queued."""
+    and offered to the group's attached members before any is queued, and which notes
+    when it last subscribed again (after Redis came back, or a failover)."""
+
+    watch = None
+
+    def _ensure_redis(self):
+        if self._redis is None:
+            super()._ensure_redis()
+            self.watch = SubscriptionWatch(self._pubsub)
+
+    def subscribed_since(self, since):
+        """Whether this connection, if it has subscriptions, is connected and was made
+        at or after `since` (loop time). Connected too: during a failover it may have
+        reached the old primary, restarted for a moment, and lost it again."""
+        if not self._subscribed_to:
+            return True
+        if self.watch is None or self.watch.connected_at < since:
+            return False
+        connection = self._pubsub.connection
+        return connection is not None and connection.is_connected
 
     def _receive_message(self, message):
         layer = self.channel_layer
@@ -177,6 +216,19 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
             _wrap_close(self, loop)
         return layer
 
+    async def wait_subscribed(self, since, timeout):
+        """Until every Redis connection of this loop's layer that has subscriptions has
+        connected again at or after `since` (loop time): messages published before that
+        may not have been heard. False after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        shards = self._get_layer()._shards
+        while not all(shard.subscribed_since(since) for shard in shards):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(RESUBSCRIBE_POLL_S)
+        return True
+
     def group_channel(self, group):
         """The Redis pub/sub channel that carries a group's messages."""
         return self._get_layer()._get_group_channel_name(group)
@@ -244,6 +296,13 @@ class ChatChannelLayer(RedisPubSubChannelLayer):
             problems.append("RedisSingleShardConnection has no _receive_message()")
         if not loop_layer._shards:
             problems.append("the loop layer keeps its shards elsewhere than _shards")
+        shard = loop_layer._shards[0] if loop_layer._shards else None
+        if shard is not None and not isinstance(getattr(shard, "_subscribed_to", None), set):
+            problems.append("a shard keeps no set _subscribed_to")
+        if "_ensure_redis" not in vars(RedisSingleShardConnection):
+            problems.append("RedisSingleShardConnection has no _ensure_redis()")
+        if "register_connect_callback(self.on_connect)" not in inspect.getsource(PubSub.connect):
+            problems.append("redis-py's PubSub.connect() no longer registers self.on_connect")
         if "_subscribe_to_channel" not in vars(RedisPubSubLoopLayer):
             problems.append("RedisPubSubLoopLayer has no _subscribe_to_channel()")
         if not isinstance(getattr(loop_layer, "channels", None), dict):
@@ -286,6 +345,14 @@ def script_channel(channel_layer, group):
     if isinstance(channel_layer, ChatChannelLayer):
         return channel_layer.group_channel(group)
     return ""
+
+
+async def wait_subscribed(channel_layer, since, timeout):
+    """ChatChannelLayer.wait_subscribed; True at once on another layer (the core layer
+    keeps what it could not deliver)."""
+    if isinstance(channel_layer, ChatChannelLayer):
+        return await channel_layer.wait_subscribed(since, timeout)
+    return True
 
 
 def occupancy(channel_layer):

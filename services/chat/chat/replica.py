@@ -15,7 +15,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from . import metrics
-from .channel_layer import LAYER_ERRORS, occupancy
+from .channel_layer import LAYER_ERRORS, occupancy, wait_subscribed
 from .history import MemoryHistory, RedisHistory
 from .presence import MemoryPresence, RedisPresence
 from .redis_clients import refuses_writes
@@ -28,6 +28,9 @@ HEARTBEAT_INTERVAL = 1.0
 # Redis dropped, and a second attempt takes a new one.
 RECOVERY_ATTEMPTS = 3
 RECOVERY_RETRY_DELAY = 0.2  # seconds, growing with each attempt
+# How long recovery waits for the channel layer to subscribe again: channels_redis'
+# receive loop retries once a second (channels_redis/pubsub.py, _do_receiving).
+RESUBSCRIBE_TIMEOUT = 5.0
 
 DRAINING = "draining"
 FULL = "server_full"
@@ -141,13 +144,15 @@ class Replica:
         loop = asyncio.get_running_loop()
         sweep_interval = self.presence.sweep_interval
         next_sweep = loop.time() + sweep_interval
+        heard_at = loop.time()  # the last heartbeat Redis answered as expected
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             try:
                 key_kept = await self.presence.heartbeat()
                 if not (self.redis_healthy and key_kept):
                     self.redis_healthy = True
-                    await self.redis_recovered()
+                    await self.redis_recovered(since=heard_at)
+                heard_at = loop.time()
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + sweep_interval
                     await self.presence.sweep()  # announces the leaves it finds
@@ -158,9 +163,13 @@ class Replica:
                     logger.warning("Redis unreachable or full: %r", error)
                 self.redis_healthy = False
 
-    async def redis_recovered(self):
+    async def redis_recovered(self, since):
         """Puts back what a Redis restart loses, then sends every connection what its
-        room published while this replica could not hear it."""
+        room published while this replica could not hear it: once the channel layer
+        hears again, subscribed anew after `since` (loop time), the outage's start at
+        the latest, so that nothing published in between is neither heard nor caught up."""
+        if not await wait_subscribed(self.channel_layer, since, RESUBSCRIBE_TIMEOUT):
+            logger.warning("the channel layer did not subscribe again in %s s", RESUBSCRIBE_TIMEOUT)
         consumers = list(self.connections)
         rooms = {consumer.room_name for consumer in consumers}
         logger.warning(
