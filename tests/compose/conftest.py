@@ -1,7 +1,10 @@
-"""The compose stack brought up for real: a Docker engine (a private one started
-here when none answers, stopped by its PID afterwards), Compose v2, the images
-built, 3 chat replicas behind nginx, Redis and Prometheus."""
+"""The compose stacks brought up for real: a Docker engine (a private one started here
+when none answers, stopped by its PID afterwards), Compose v2 and the base images, shared
+by the session; over it, each test module brings up its own compose project (its own
+name and ports) and takes it down with its volumes: docker-compose.yml (3 chat replicas
+behind nginx, Redis and Prometheus), and the same with docker-compose.ha.yml."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -42,15 +45,17 @@ def unavailable(reason):
 
 @dataclass
 class Stack:
+    """One compose project: its environment names the project, its files and its ports."""
+
     environment: dict
     lb_port: int
     prometheus_port: int
 
-    def docker(self, *arguments, timeout=600):
-        return run(["docker", *arguments], self.environment, timeout)
+    def docker(self, *arguments, timeout=600, check=True):
+        return run(["docker", *arguments], self.environment, timeout, check)
 
-    def compose(self, *arguments, timeout=600):
-        return self.docker("compose", *arguments, timeout=timeout)
+    def compose(self, *arguments, timeout=600, check=True):
+        return self.docker("compose", *arguments, timeout=timeout, check=check)
 
     @property
     def origin(self):
@@ -68,7 +73,8 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack():
+def engine():
+    """The environment in which `docker` reaches an engine with Compose v2 and the images."""
     environment = {**os.environ, "COMPOSE_BAKE": "false"}
     started_engine = False
     if run(["docker", "version"], environment, check=False).returncode != 0:
@@ -86,25 +92,40 @@ def stack():
         if not os.environ.get("COMPOSE_TEST_PULL_IMAGES"):
             built = run([DOCKER / "base-images" / "build.sh"], environment, timeout=1200)
             environment.update(exported(built.stdout))
-
-        base = free_port_block(2)
-        stack = Stack(environment, lb_port=base, prometheus_port=base + 1)
-        environment.update(
-            COMPOSE_PROJECT_NAME=f"chat-cluster-test-{uuid.uuid4().hex[:6]}",
-            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-            LB_PORT=str(stack.lb_port),
-            PROMETHEUS_PORT=str(stack.prometheus_port),
-            CHAT_IMAGE="chat-cluster/chat:compose-test",
-        )
-        try:
-            stack.compose("build", timeout=1200)
-            stack.compose("up", "--detach", "--wait", "--wait-timeout", "240", timeout=400)
-            yield stack
-        finally:
-            logs = stack.compose("logs", "--no-color", timeout=120).stdout
-            (ROOT / ".run").mkdir(exist_ok=True)
-            (ROOT / ".run" / "compose-test.log").write_text(logs)
-            stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
+        yield environment
     finally:
         if started_engine:
             run([DOCKER / "private-engine.sh", "stop"], environment)
+
+
+@contextlib.contextmanager
+def compose_stack(engine, name, files=("docker-compose.yml",)):
+    """Brings up the compose project of `files` on free ports, under a project name of its
+    own; afterwards keeps its logs in .run/compose-test-<name>.log and takes it down with
+    its volumes, also when bringing it up failed."""
+    base = free_port_block(2)
+    stack = Stack(dict(engine), lb_port=base, prometheus_port=base + 1)
+    stack.environment.update(
+        COMPOSE_PROJECT_NAME=f"chat-cluster-test-{name}-{uuid.uuid4().hex[:6]}",
+        COMPOSE_FILE=os.pathsep.join(files),
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        LB_PORT=str(stack.lb_port),
+        PROMETHEUS_PORT=str(stack.prometheus_port),
+        CHAT_IMAGE="chat-cluster/chat:compose-test",
+    )
+    try:
+        stack.compose("build", timeout=1200)
+        stack.compose("up", "--detach", "--wait", "--wait-timeout", "240", timeout=400)
+        yield stack
+    finally:
+        logs = stack.compose("logs", "--no-color", timeout=120, check=False).stdout
+        (ROOT / ".run").mkdir(exist_ok=True)
+        (ROOT / ".run" / f"compose-test-{name}.log").write_text(logs)
+        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10")
+
+
+@pytest.fixture(scope="module")
+def stack(engine):
+    """docker-compose.yml: 3 chat replicas behind nginx, Redis and Prometheus."""
+    with compose_stack(engine, "base") as stack:
+        yield stack
