@@ -134,7 +134,7 @@ async def inject_failover(cluster, traffic, fault):
     old_port = await sentinel_primary(cluster)
     name = names[old_port]
     pid = (await process_pids(cluster))[name]
-    fault["action"] = f"SIGKILL {name} (pid {pid}, the primary), kept down until a failover"
+    fault["action"] = f"SIGSTOP, then SIGKILL to {name} (pid {pid}, the primary), kept down"
     # Frozen first, so that supervisord, asked to stop it, does not start it again when
     # the SIGKILL ends it: the primary is gone from the SIGSTOP on.
     os.kill(pid, signal.SIGSTOP)
