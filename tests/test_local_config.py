@@ -186,6 +186,45 @@ def test_each_redis_shard_runs_on_its_port_and_every_replica_uses_them_all(tmp_p
     assert urls == [f"redis://127.0.0.1:{port}/0" for port in (31380, 31381, 31382)]
 
 
+def test_sentinel_mode_gives_each_shard_two_replicas_and_three_sentinels(tmp_path):
+    """Tests REDIS_HA=sentinel: per shard a primary and two replicas (replicaof it), all
+    with the AOF and left down by supervisord when they die (the Sentinels fail over);
+    three Sentinels watching every shard's primary, restarted when they die; and the
+    replicas pointed at the Sentinels, acking once a replica holds a message."""
+    settings = cluster(
+        tmp_path, REDIS_HA="sentinel", REDIS_SHARDS="2", REDIS_SENTINEL_PORT="31500", **PORTS
+    )
+    assert settings.redis_ports == {
+        "redis": 31380,
+        "redis-2": 31381,
+        "redis-b": 31382,
+        "redis-2-b": 31383,
+        "redis-c": 31384,
+        "redis-2-c": 31385,
+    }
+    files = render(settings)
+    sections = supervisord_sections(files["supervisord.conf"])
+    for name, port in settings.redis_ports.items():
+        conf = files[f"{name}.conf"]
+        assert "appendonly yes\nappendfsync everysec\nrepl-diskless-sync-delay 0\n" in conf, name
+        primary = 31380 if name in ("redis", "redis-b", "redis-c") else 31381
+        assert (f"replicaof 127.0.0.1 {primary}\n" in conf) == (port != primary), name
+        assert sections[f"program:{name}"]["autorestart"] == "false", name
+    for number, name in enumerate(("sentinel-1", "sentinel-2", "sentinel-3")):
+        conf = files[f"{name}.conf"]
+        assert f"port {31500 + number}\n" in conf
+        assert "sentinel monitor chat 127.0.0.1 31380 2\n" in conf
+        assert "sentinel monitor chat-2 127.0.0.1 31381 2\n" in conf
+        program = sections[f"program:{name}"]
+        assert program["autorestart"] == "true"
+        assert program["command"].endswith(f"{name}/sentinel.conf --sentinel")
+    environment = environment_of(sections["program:chat-1"])
+    assert environment["REDIS_SENTINELS"] == "127.0.0.1:31500,127.0.0.1:31501,127.0.0.1:31502"
+    assert environment["REDIS_SENTINEL_MASTERS"] == "chat,chat-2"
+    assert environment["REDIS_ACK_REPLICAS"] == "1"
+    assert "REDIS_URLS" not in environment
+
+
 def test_a_redis_shard_may_not_take_a_replicas_port(tmp_path):
     with pytest.raises(config.ClusterError, match="overlap"):
         cluster(tmp_path, REDIS_SHARDS="2", REDIS_PORT="31000", CHAT_PORT="31001").ports()

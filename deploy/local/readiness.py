@@ -7,6 +7,7 @@ import urllib.request
 
 import redis
 from config import HOST, ClusterError
+from redis_servers import REPLICAS_PER_SHARD, SENTINELS
 
 
 def check_ports_free(ports):
@@ -40,28 +41,48 @@ def readiness(urls):
 
 
 def redis_roles(ports):
-    """What each Redis server of `ports` ({name: port}) is now: "primary", "replica of
-    <port>", "sentinel: <n> primaries", or "down"."""
+    """What each Redis server or Sentinel of `ports` ({name: port}) is now: "primary,
+    <n> replicas", "replica of <port> (link up|down)", "sentinel: ...", or "down"."""
     roles = {}
     for name, port in ports.items():
         client = redis.Redis(HOST, port, socket_timeout=1, socket_connect_timeout=1)
         try:
-            info = client.info("replication" if not name.startswith("sentinel") else "sentinel")
+            roles[name] = sentinel_role(client) if name.startswith("sentinel") else role(client)
         except (redis.RedisError, OSError):
             roles[name] = "down"
-            continue
         finally:
             client.close()
-        if "sentinel_masters" in info:
-            roles[name] = f"sentinel: {info['sentinel_masters']} primaries"
-        elif info.get("role") == "master":
-            roles[name] = f"primary, {info.get('connected_slaves', 0)} replicas"
-        else:
-            link = info.get("master_link_status", "?")
-            roles[name] = f"replica of {info.get('master_port')} (link {link})"
     return roles
 
 
+def role(client):
+    info = client.info("replication")
+    if info.get("role") == "master":
+        return f"primary, {info.get('connected_slaves', 0)} replicas"
+    link = info.get("master_link_status", "?")
+    return f"replica of {info.get('master_port')} (link {link})"
+
+
+def sentinel_role(client):
+    """What a Sentinel knows. It learns of replicas from its primaries' INFO, every 10 s:
+    until it knows them all, a failover would find none to promote."""
+    masters = client.sentinel_masters()
+    replicas = min(
+        (
+            sum(not (r["is_sdown"] or r["is_disconnected"]) for r in client.sentinel_slaves(name))
+            for name in masters
+        ),
+        default=0,
+    )
+    others = min((int(m["num-other-sentinels"]) for m in masters.values()), default=0)
+    learning = replicas < REPLICAS_PER_SHARD or others < SENTINELS - 1
+    return (
+        f"sentinel: {len(masters)} primaries, {replicas} replicas and {others} Sentinels"
+        f" each{' (learning)' if learning else ''}"
+    )
+
+
 def not_in_sync(role):
-    """Whether a redis_roles() role is a server that cannot serve yet."""
-    return role == "down" or "(link down)" in role
+    """Whether a redis_roles() role is a server that cannot serve yet, or a Sentinel that
+    could not fail over yet."""
+    return role == "down" or "(link down)" in role or "(learning)" in role

@@ -89,6 +89,15 @@ class RedisLayout:
         return {**{server.name: server.port for server in self.servers}, **self.sentinel_ports}
 
     @property
+    def restarts_servers(self):
+        """Whether supervisord starts a Redis server that died again. Not with Sentinel:
+        there one that dies stays down, as a failed host would, and the Sentinels promote
+        a replica (`cluster.py start redis` brings it back, as a replica). Started again
+        at once, from its AOF, it would often be back before the Sentinels noticed, and
+        a failover would neither happen nor be drilled."""
+        return not self.sentinel
+
+    @property
     def persistence(self):
         # A primary restarted empty, before the Sentinels notice, would be followed by
         # its replica and wipe it: with Sentinel every server keeps an append-only file.
@@ -111,6 +120,10 @@ class RedisLayout:
             f"appendonly {'no' if self.persistence == 'no' else 'yes'}",
             "appendfsync everysec",
         ]
+        if self.sentinel:
+            # A replica that needs a full copy after a failover gets it at once, not
+            # after Redis' 5 s wait for others: until then WAIT 1 refuses every message.
+            lines.append("repl-diskless-sync-delay 0")
         if server.replica_of:
             lines.append(f"replicaof {HOST} {server.replica_of}")
         return "\n".join(lines)

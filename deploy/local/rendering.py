@@ -71,6 +71,7 @@ def rendered_files(config, programs, secret_key, run_as_root):
             redis_server=programs.redis_server,
             run_dir=config.run_dir,
             log_dir=config.log_dir,
+            autorestart=str(layout.restarts_servers).lower(),
         )
         for template, names in (("redis", config.redis_ports), ("sentinel", config.sentinel_ports))
         for name in names

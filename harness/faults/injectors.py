@@ -14,8 +14,6 @@ from redis.exceptions import RedisError
 from .network import NETWORK_INJECTORS
 
 FAILOVER_TIMEOUT_S = 60
-# Long enough for `cluster.py stop` to have asked supervisord (a Python start-up).
-STOP_REQUEST_S = 1.0
 
 
 async def process_pids(cluster):
@@ -127,22 +125,17 @@ async def sentinel_primary(cluster, master="chat"):
 
 
 async def inject_failover(cluster, traffic, fault):
-    """SIGKILL to the first shard's primary, held down (a host that died) until the
-    Sentinels have promoted its replica; then started again, to rejoin as a replica."""
+    """SIGKILL to the first shard's primary, which stays down (a host that died) until
+    the Sentinels have promoted a replica; then started again, to rejoin as a replica."""
     loop = asyncio.get_running_loop()
     names = {port: name for name, port in (await describe(cluster))["redis_ports"].items()}
     old_port = await sentinel_primary(cluster)
     name = names[old_port]
     pid = (await process_pids(cluster))[name]
-    fault["action"] = f"SIGSTOP, then SIGKILL to {name} (pid {pid}, the primary), kept down"
-    # Frozen first, so that supervisord, asked to stop it, does not start it again when
-    # the SIGKILL ends it: the primary is gone from the SIGSTOP on.
-    os.kill(pid, signal.SIGSTOP)
-    fault["injected_at"] = loop.time()
-    stopping = asyncio.create_task(asyncio.to_thread(cluster.run, "stop", name, check=False))
-    await asyncio.sleep(STOP_REQUEST_S)
+    # With Sentinel supervisord leaves a dead Redis server down (redis_servers.py).
+    fault["action"] = f"SIGKILL {name} (pid {pid}, the primary), down until a failover"
     os.kill(pid, signal.SIGKILL)
-    await stopping
+    fault["injected_at"] = loop.time()
     deadline = loop.time() + FAILOVER_TIMEOUT_S
     port = old_port
     while port in (old_port, None) and loop.time() < deadline:

@@ -10,7 +10,7 @@ import pytest
 
 from harness.client import join
 from harness.faults import scenarios
-from harness.faults.injectors import inject_failover, wait_ready
+from harness.faults.injectors import inject_failover, sentinel_primary, wait_ready
 from harness.faults.report import details, table
 from harness.http import get
 
@@ -41,7 +41,9 @@ def test_status_shows_each_redis_role_and_every_sentinel(sentinel_cluster):
     for replica in ("redis-b", "redis-c"):
         assert "(link up)" in lines[replica], status
     for sentinel in ("sentinel-1", "sentinel-2", "sentinel-3"):
-        assert "sentinel: 1 primaries" in lines[sentinel], status
+        # A Sentinel that did not know both replicas could not fail over: `up` waits.
+        assert "sentinel: 1 primaries, 2 replicas and 2 Sentinels each" in lines[sentinel]
+        assert "(learning)" not in lines[sentinel], status
 
 
 def test_readiness_names_the_primary_the_sentinels_chose(sentinel_cluster):
@@ -49,31 +51,6 @@ def test_readiness_names_the_primary_the_sentinels_chose(sentinel_cluster):
     assert status == 200, body
     primary = f"chat 127.0.0.1:{sentinel_cluster.redis_port}"
     assert json.loads(body)["redis"] == {primary: "ok"}
-
-
-async def test_no_ack_until_a_replica_holds_the_message(sentinel_cluster):
-    """Tests that with both replicas stopped a message is refused with `unavailable`
-    (WAIT finds no replica), not acknowledged or shown to the room; and that once
-    they are back its resend with the same ref is acknowledged and delivered once."""
-    listener = await join(sentinel_cluster, "wait-room", replica=2)
-    sender = await join(sentinel_cluster, "wait-room", replica=1)
-    sentinel_cluster.run("stop", "redis-b", "redis-c")
-    try:
-        await sender.say("held", ref="r-held")
-        refusal = await sender.receive(timeout=10)
-        assert (refusal["type"], refusal["code"]) == ("error", "unavailable"), refusal
-        await listener.assert_silent(0.5)
-    finally:
-        sentinel_cluster.run("start", "redis-b", "redis-c")
-        await wait_ready(sentinel_cluster)  # the replicas in sync again
-    await sender.say("held", ref="r-held")
-    ack = await sender.receive(timeout=10)
-    assert (ack["type"], ack["ref"]) == ("ack", "r-held"), ack
-    delivered = await listener.receive_chat()
-    assert (delivered["message"], delivered["id"]) == ("held", ack["id"])
-    await listener.assert_silent(0.5)  # once
-    for client in (sender, listener):
-        await client.close()
 
 
 async def acknowledged(sender, text, deadline):
@@ -122,9 +99,39 @@ async def test_a_failover_loses_no_acknowledged_message_and_no_history(sentinel_
     """Tests, under steady resuming traffic, that SIGKILL to the primary loses and
     duplicates no acknowledged message, keeps every room's epoch (no reset) and has
     acks back soon after the Sentinels promote a replica (make chaos runs it larger).
-    Last in this module: it changes which server is the primary."""
+    It changes which server is the primary."""
     result = await scenarios.run_scenario(sentinel_cluster, "failover", FAULT_OPTIONS)
     report = f"\n{table([result])}\n{details(result)}"
     print(report)
     missed = [target for target, met in result["targets"].items() if not met]
     assert not missed, f"missed {missed}:{report}"
+
+
+async def test_no_ack_until_a_replica_holds_the_message(sentinel_cluster):
+    """Tests that with both replicas stopped a message is refused with `unavailable`
+    (WAIT finds no replica), not acknowledged or shown to the room; and that once
+    they are back its resend with the same ref is acknowledged and delivered once.
+    Last in this module: for a while after replicas are stopped and started again, the
+    Sentinels find none good to promote (-failover-abort-no-good-slave)."""
+    listener = await join(sentinel_cluster, "wait-room", replica=2)
+    sender = await join(sentinel_cluster, "wait-room", replica=1)
+    primary = await sentinel_primary(sentinel_cluster)
+    ports = sentinel_cluster.describe()["redis_ports"]
+    replicas = [name for name, port in ports.items() if port != primary]
+    sentinel_cluster.run("stop", *replicas)
+    try:
+        await sender.say("held", ref="r-held")
+        refusal = await sender.receive(timeout=10)
+        assert (refusal["type"], refusal["code"]) == ("error", "unavailable"), refusal
+        await listener.assert_silent(0.5)
+    finally:
+        sentinel_cluster.run("start", *replicas)
+        await wait_ready(sentinel_cluster)  # the replicas in sync again
+    await sender.say("held", ref="r-held")
+    ack = await sender.receive(timeout=10)
+    assert (ack["type"], ack["ref"]) == ("ack", "r-held"), ack
+    delivered = await listener.receive_chat()
+    assert (delivered["message"], delivered["id"]) == ("held", ack["id"])
+    await listener.assert_silent(0.5)  # once
+    for client in (sender, listener):
+        await client.close()

@@ -76,6 +76,9 @@ server() {
         fi
         # Others and the Sentinels know this server by its stable name, not its address.
         set -- "$@" --replica-announce-ip "$REDIS_SELF" --replica-announce-port "$REDIS_PORT"
+        # A replica that needs a full copy after a failover gets it at once, not after
+        # Redis' 5 s wait for others: until it has it, no message is acknowledged.
+        set -- "$@" --repl-diskless-sync-delay 0
         primary=$(find_primary)
         if [ "${primary% *}" = "$REDIS_SELF" ]; then
             log "$REDIS_SELF starts as the primary of $MASTER"
