@@ -10,9 +10,13 @@ from harness import slow_consumers
 from .conftest import start_cluster
 
 SCENARIO = slow_consumers.Scenario(slow=10, senders=10, rate=20, message_bytes=16000, seconds=20)
-# Per replica: 5 slow sockets, each holding at most about CHAT_MAX_SEND_BUFFER (1 MiB)
-# in its queue plus Twisted's 64 KiB; unbounded, this run grows each replica by more
-# than 100 MB (loadtests/slow_consumers.py --unbounded).
+# Each reader gets 3.2 MB/s: a send buffer of 2 MiB lets one fall behind for 0.6 s, as
+# the test process may on a busy machine, without being closed as slow (CI closed one
+# with 4008 at the default 1 MiB).
+SEND_BUFFER_BYTES = 2 * 1024 * 1024
+# Per replica: 5 slow sockets, each holding at most about SEND_BUFFER_BYTES in its
+# queue plus Twisted's 64 KiB; unbounded, this run grows each replica by more than
+# 100 MB (loadtests/slow_consumers.py --unbounded).
 RSS_GROWTH_LIMIT_MB = 30
 
 
@@ -25,6 +29,7 @@ def busy_cluster(tmp_path_factory):
         CHAT_RATE_LIMIT=str(SCENARIO.rate + 5),
         CHAT_MAX_MESSAGE_BYTES=str(SCENARIO.message_bytes + 200),
         CHAT_HISTORY_MAX_LENGTH="100000",
+        CHAT_MAX_SEND_BUFFER=str(SEND_BUFFER_BYTES),
     )
     yield cluster
     assert not cluster.down()
