@@ -120,10 +120,14 @@ async def probe(server, key):
         url = server["address"]
         return redis_address(url), await ping(aioredis.Redis.from_url(url, **PING_OPTIONS), key)
     name = server["master_name"]
+    manager = sentinel(server, REDIS_PING_TIMEOUT)
     try:
-        host, port = await sentinel(server, REDIS_PING_TIMEOUT).discover_master(name)
+        host, port = await manager.discover_master(name)
     except (RedisError, OSError) as error:
         return name, f"unreachable: {error.__class__.__name__}"
+    finally:
+        # Each probe's own connections to the Sentinels, closed as the pinged one is.
+        await asyncio.gather(*(client.aclose() for client in manager.sentinels))
     client = aioredis.Redis(host=host, port=port, **PING_OPTIONS)
     return f"{name} {host}:{port}", await ping(client, key)
 
