@@ -75,7 +75,14 @@ def new_epoch():
 
 class RedisHistory:
     def __init__(
-        self, channel_layer, servers, max_length, max_age, on_join, ack_replicas=0, ack_timeout=0.5
+        self,
+        channel_layer,
+        servers,
+        max_length,
+        max_age,
+        on_join,
+        ack_replicas=0,
+        ack_timeout_ms=500,
     ):
         self.channel_layer = channel_layer
         self.clients = [chat_redis(server) for server in servers]
@@ -83,7 +90,7 @@ class RedisHistory:
         self.max_age = max_age
         self.on_join = on_join
         self.ack_replicas = ack_replicas
-        self.ack_timeout_ms = max(int(ack_timeout * 1000), 1)
+        self.ack_timeout_ms = ack_timeout_ms
         # Registering only hashes the script; it runs on the room's client.
         self.script = self.clients[0].register_script(PUBLISH_SCRIPT)
 

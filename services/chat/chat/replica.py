@@ -71,7 +71,7 @@ class Replica:
                 redis_servers,
                 *history_limits,
                 ack_replicas=settings.REDIS_ACK_REPLICAS,
-                ack_timeout=settings.REDIS_ACK_TIMEOUT_MS / 1000,
+                ack_timeout_ms=settings.REDIS_ACK_TIMEOUT_MS,
             )
             presence = RedisPresence(
                 channel_layer,
