@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 
 from . import deploy
-from .deploy import ROOT, compose, compose_ha, k8s_env, k8s_object, kustomize
+from .deploy import ROOT, compose, compose_ha, k8s_config_file, k8s_env, k8s_object, kustomize
 
 # The newest schemas kubernetes-validate ships, and the oldest release still supported.
 KUBERNETES_VERSIONS = [kubernetes_validate.latest_version(), "1.32.0"]
@@ -80,6 +80,30 @@ def test_the_expected_objects_are_there():
     hpa = next(o for o in kustomize("k8s") if o["kind"] == "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
 
+
+
+@pytest.mark.parametrize("name", ["chat", "nginx"])
+def test_the_chat_and_nginx_pods_spread_over_nodes_and_zones(name):
+    """Tests one pod per node where nodes allow (a hard constraint) and zones preferred,
+    each counted within one rollout."""
+    pod = k8s_object("Deployment", name)["spec"]["template"]["spec"]
+    constraints = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert set(constraints) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert constraints["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    for constraint in constraints.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_prometheus_scrapes_replicas_while_they_drain():
+    """Tests that the headless Service Prometheus finds the replicas by lists not-ready
+    (draining) pods as well."""
+    service = k8s_object("Service", "chat-replicas")["spec"]
+    assert service["clusterIP"] == "None"
+    assert service["publishNotReadyAddresses"] is True
+    scrape = k8s_config_file("prometheus-config", "prometheus.yml")
+    assert "chat-replicas.chat-cluster.svc.cluster.local" in scrape
 
 def test_only_chat_pods_reach_redis():
     policy = next(o for o in kustomize("k8s") if o["metadata"]["name"] == "redis-from-chat")
