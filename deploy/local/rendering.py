@@ -125,6 +125,7 @@ def rendered_files(config, programs, secret_key, run_as_root):
         "prometheus.yml": render(
             DEPLOY / "prometheus" / "prometheus.local.yml.template",
             metrics_path=config.metrics_path,
+            alert_rules=DEPLOY / "prometheus" / "alerts.yml",
             replica_targets=", ".join(
                 f'"{config.network.address(name)}:{port}"'
                 for name, port in config.replica_ports.items()

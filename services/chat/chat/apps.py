@@ -20,3 +20,4 @@ class ChatConfig(AppConfig):
         metrics.describe_replica(
             settings.CHAT_REPLICA_ID, settings.CHAT_CONSUMER, settings.CHAT_CHANNEL_LAYER
         )
+        metrics.connections_limit.set(settings.CHAT_MAX_CONNECTIONS)

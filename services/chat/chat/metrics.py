@@ -35,6 +35,17 @@ draining = Gauge(
     "draining", "1 while the replica drains its connections before exiting.", namespace=NAMESPACE
 )
 connections_open = Gauge("connections_open", "WebSocket connections open now.", namespace=NAMESPACE)
+connections_limit = Gauge(
+    "connections_limit",
+    "CHAT_MAX_CONNECTIONS: a connection past it is closed with 1013 (server_full).",
+    namespace=NAMESPACE,
+)
+ready = Gauge(
+    "ready",
+    "1 while the replica answers /readyz with 200 (not draining, every Redis reachable),"
+    " as of the last probe or scrape.",
+    namespace=NAMESPACE,
+)
 connects = Counter("connects", "WebSocket connections accepted into a room.", namespace=NAMESPACE)
 disconnects = Counter(
     "disconnects", "WebSocket connections closed after joining a room.", namespace=NAMESPACE

@@ -53,11 +53,14 @@ class ProbeEndpoints:
             redis = await redis_states(replica.redis_servers, replica.name)
             draining = replica.draining  # after the pings: a drain begun meanwhile counts
             ready, status = readiness(redis, draining)
+            metrics.ready.set(ready)
             body = {"status": status, "replica": replica.name, "redis": redis}
             await self.respond(send, 200 if ready else 503, body)
         elif path == METRICS_PATH:
             replica = current()
-            await redis_states(replica.redis_servers, replica.name)  # fresh chat_redis_* gauges
+            # Fresh chat_redis_* and chat_ready gauges.
+            redis = await redis_states(replica.redis_servers, replica.name)
+            metrics.ready.set(readiness(redis, replica.draining)[0])
             await self.metrics_app(scope, receive, self.with_replica_header(send))
         else:
             await self.application(scope, receive, self.with_replica_header(send))

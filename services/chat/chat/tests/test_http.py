@@ -12,6 +12,7 @@ from asgiref.testing import ApplicationCommunicator
 from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator, WebsocketCommunicator
 from django.apps import apps
+from django.conf import settings
 
 from chat import protocol
 from chat.replica import Replica
@@ -210,6 +211,8 @@ async def test_a_draining_replica_is_not_ready(monkeypatch):
     draining.draining = True  # as start_draining() leaves it, without its metric
     status, _, body = await http_get("/readyz")
     assert (status, json.loads(body)["status"]) == (503, "draining")
+    _, _, body = await http_get("/metrics")
+    assert "\nchat_ready 0.0\n" in body
 
 
 async def test_django_still_checks_the_host():
@@ -252,6 +255,8 @@ async def test_metrics_count_connections_and_messages():
     assert 'chat_errors_total{code="invalid_json"}' in after
     assert "chat_delivery_latency_seconds_bucket" in after
     assert 'chat_info{channel_layer="memory",consumer="async",replica="unit-test"} 1.0' in after
+    assert sample(after, "chat_ready") == 1
+    assert sample(after, "chat_connections_limit") == settings.CHAT_MAX_CONNECTIONS
 
 
 @pytest.mark.parametrize(

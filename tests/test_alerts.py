@@ -1,0 +1,112 @@
+"""The alerting rules: valid, unit-tested with promtool, written against metrics the
+service exports, and loaded by the Prometheus of every runtime."""
+
+import re
+import shutil
+import subprocess
+
+import yaml
+from prometheus_client import REGISTRY
+
+from chat import metrics  # noqa: F401 - registers the service's metrics
+
+from .deploy import ROOT, compose, k8s_config_file, load_local_cluster, load_local_rendering
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+RULES = PROMETHEUS_DIR / "alerts.yml"
+PROMTOOL = shutil.which("promtool")
+# PromQL words in the expressions that are not series.
+PROMQL_WORDS = {"sum", "rate", "increase", "or", "absent", "unless", "and", "histogram_quantile"}
+
+
+def promtool(*arguments, cwd=PROMETHEUS_DIR):
+    assert PROMTOOL, "promtool is missing: make deps installs Debian's prometheus"
+    return subprocess.run([PROMTOOL, *arguments], capture_output=True, text=True, cwd=cwd)
+
+
+def alert_rules():
+    return [
+        rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
+    ]
+
+
+def test_promtool_accepts_the_rules():
+    result = promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+
+def test_promtool_rejects_a_broken_rule(tmp_path):
+    """Tests that the check above can fail."""
+    broken = RULES.read_text().replace("chat_redis_up == 0", "chat_redis_up ==")
+    (tmp_path / "alerts.yml").write_text(broken)
+    assert promtool("check", "rules", "alerts.yml", cwd=tmp_path).returncode != 0
+
+
+def test_the_rules_pass_their_unit_tests():
+    """Tests alerts.test.yml: each alert fires on the series that should raise it, with
+    its labels and annotations, and not on its nearest miss."""
+    result = promtool("test", "rules", "alerts.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_unit_test_a_severity_and_a_runbook():
+    tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS_DIR / "alerts.test.yml").read_text()))
+    for rule in alert_rules():
+        assert rule["alert"] in tested, rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        assert rule["annotations"]["runbook"] == "README.md#alerts", rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert rule["annotations"]["description"], rule["alert"]
+        assert f"| `{rule['alert']}` |" in (ROOT / "README.md").read_text(), rule["alert"]
+
+
+def exported_series():
+    """Every series name the service's registry can export."""
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names.update(f"{family.name}_{suffix}" for suffix in ("bucket", "count", "sum"))
+    return names
+
+
+def test_every_series_an_alert_reads_is_one_the_service_exports():
+    """Tests that a renamed metric cannot leave an alert silently watching nothing."""
+    exported = exported_series()
+    for rule in alert_rules():
+        # Without label matchers, ranges, strings and label lists, what is left are
+        # functions, operators and series.
+        expr = re.sub(r'\{[^}]*\}|\[[^]]*\]|"[^"]*"|\b(by|on)\s*\([^)]*\)', " ", rule["expr"])
+        names = set(re.findall(r"\b[a-z_]+\b", expr)) - PROMQL_WORDS
+        assert names, rule["alert"]
+        assert names - {"up"} <= exported, f"{rule['alert']} reads {names - exported}"
+
+
+def test_every_runtime_loads_the_rules(tmp_path):
+    """Tests that the local cluster's rendered prometheus.yml passes `promtool check
+    config` with the rules (promtool loads them), and that compose mounts them and
+    Kubernetes carries an identical copy where its prometheus.yml looks."""
+    local = load_local_cluster()
+    settings = local.ClusterConfig.from_environment(tmp_path, environ={})
+    programs = local.Programs("python", "redis-server", "nginx", "prometheus")
+    rendered = load_local_rendering().rendered_files(settings, programs, "secret", False)
+    (tmp_path / "prometheus.yml").write_text(rendered["prometheus.yml"])
+    result = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+    compose_prometheus = compose()["services"]["prometheus"]
+    assert (
+        "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"
+        in (compose_prometheus["volumes"])
+    )
+    compose_config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.compose.yml").read_text())
+    assert compose_config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+
+    assert k8s_config_file("prometheus-config", "alerts.yml") == RULES.read_text()
+    assert (ROOT / "k8s" / "base" / "prometheus" / "alerts.yml").read_text() == RULES.read_text()
+    k8s_config = yaml.safe_load(k8s_config_file("prometheus-config", "prometheus.yml"))
+    assert k8s_config["rule_files"] == ["/etc/prometheus/alerts.yml"]
