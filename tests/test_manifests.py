@@ -81,7 +81,6 @@ def test_the_expected_objects_are_there():
     assert hpa["apiVersion"] == "autoscaling/v2"
 
 
-
 @pytest.mark.parametrize("name", ["chat", "nginx"])
 def test_the_chat_and_nginx_pods_spread_over_nodes_and_zones(name):
     """Tests one pod per node where nodes allow (a hard constraint) and zones preferred,
@@ -104,6 +103,7 @@ def test_prometheus_scrapes_replicas_while_they_drain():
     assert service["publishNotReadyAddresses"] is True
     scrape = k8s_config_file("prometheus-config", "prometheus.yml")
     assert "chat-replicas.chat-cluster.svc.cluster.local" in scrape
+
 
 def test_only_chat_pods_reach_redis():
     policy = next(o for o in kustomize("k8s") if o["metadata"]["name"] == "redis-from-chat")
