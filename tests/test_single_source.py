@@ -51,6 +51,7 @@ def test_probe_paths_are_the_ones_the_service_serves():
     assert defaults()["READINESS_PATH"] == probes.READINESS_PATH
     assert defaults()["METRICS_PATH"] == probes.METRICS_PATH
     assert f"location = {defaults()['LB_HEALTH_PATH']} {{" in LOCATIONS
+    assert f"location = {defaults()['LB_READINESS_PATH']} {{" in LOCATIONS
 
 
 def test_k8s_probes_use_the_same_paths_and_ports():
@@ -59,7 +60,8 @@ def test_k8s_probes_use_the_same_paths_and_ports():
     assert chat["livenessProbe"]["httpGet"]["path"] == defaults()["LIVENESS_PATH"]
     assert chat["ports"][0]["containerPort"] == port("CHAT_PORT")
     nginx = k8s_container("nginx")
-    assert nginx["readinessProbe"]["httpGet"]["path"] == defaults()["LB_HEALTH_PATH"]
+    assert nginx["readinessProbe"]["httpGet"]["path"] == defaults()["LB_READINESS_PATH"]
+    assert nginx["livenessProbe"]["httpGet"]["path"] == defaults()["LB_HEALTH_PATH"]
     assert nginx["ports"][0]["containerPort"] == port("LB_PORT")
     assert nginx_listen_ports(k8s_config_file("nginx-config", "nginx.conf")) == {port("LB_PORT")}
     assert f"server chat:{port('CHAT_PORT')};" in k8s_config_file("nginx-config", "nginx.conf")
