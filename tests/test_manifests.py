@@ -10,12 +10,20 @@ import kubernetes_validate
 import pytest
 
 from . import deploy
-from .deploy import ROOT, compose, compose_ha, k8s_env, k8s_object, kustomize
+from .deploy import (
+    ROOT,
+    compose,
+    compose_ha,
+    k8s_env,
+    k8s_object,
+    kustomize,
+)
 
 # The newest schemas kubernetes-validate ships, and the oldest release still supported.
 KUBERNETES_VERSIONS = [kubernetes_validate.latest_version(), "1.32.0"]
-VARIANTS = ["k8s", "k8s/variants/sync-consumer", "k8s/variants/redis-sentinel"]
 SENTINEL = "k8s/variants/redis-sentinel"
+SHARDS = "k8s/variants/redis-shards"
+VARIANTS = ["k8s", "k8s/variants/sync-consumer", SENTINEL, SHARDS]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 SCAN_BIN = ROOT / ".venv-scan" / "bin"
 
@@ -171,7 +179,7 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", ["k8s", SENTINEL])
+@pytest.mark.parametrize("path", ["k8s", SENTINEL, SHARDS])
 def test_checkov_finds_nothing(tmp_path, path):
     """Tests the Dockerfile and the rendered k8s objects with checkov; skips are in
     .checkov.yaml, each with its reason."""
