@@ -1,7 +1,11 @@
-"""The Kubernetes extensions: the Redis shards variant (README: Kubernetes)."""
+"""The Kubernetes extensions: the gateway component and its example overlay, and the Redis
+shards variant (README: Kubernetes)."""
 
-from .deploy import defaults, k8s_env, kustomize
-from .test_manifests import SHARDS
+import jsonschema
+import pytest
+
+from .deploy import defaults, gateway_api_validator, k8s_env, k8s_object, kustomize
+from .test_manifests import GATEWAY, SHARDS
 
 
 def without_hash(manifest):
@@ -10,6 +14,70 @@ def without_hash(manifest):
     if manifest["kind"] == "ConfigMap":
         name = name.rsplit("-", 1)[0]
     return manifest["kind"], name
+
+
+def test_the_httproute_validation_can_fail():
+    """Tests that the vendored Gateway API schema, made strict, rejects a misspelt field and
+    a timeout that is not a Gateway API duration."""
+    route = k8s_object("HTTPRoute", "chat", GATEWAY)
+    validator = gateway_api_validator(route["apiVersion"], route["kind"])
+    validator.validate(route)
+    rule = route["spec"]["rules"][0]
+    for bad_rule in (
+        {**rule, "timeout": rule["timeouts"]},
+        {**rule, "timeouts": {"request": "1d"}},
+    ):
+        bad = {**route, "spec": {**route["spec"], "rules": [bad_rule]}}
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
+
+
+def test_the_gateway_overlay_routes_its_hostname_to_nginx():
+    """Tests k8s/overlays/example: an HTTPRoute from chat.example.com to nginx's Service port,
+    WebSockets without a timeout, the hostname first in DJANGO_ALLOWED_HOSTS, nginx trusting
+    X-Forwarded-For, and nothing else of the base changed."""
+    base = {without_hash(o): o for o in kustomize("k8s")}
+    overlay = {without_hash(o): o for o in kustomize(GATEWAY)}
+    assert set(overlay) - set(base) == {("HTTPRoute", "chat")}
+    assert set(base) - set(overlay) == set()
+    changed = {key for key in base if base[key] != overlay[key]}
+    assert changed == {
+        ("Deployment", "chat"),
+        ("Deployment", "nginx"),
+        ("ConfigMap", "nginx-config"),
+    }
+
+    route = overlay[("HTTPRoute", "chat")]
+    assert route["metadata"]["namespace"] == "chat-cluster"
+    assert route["spec"]["hostnames"] == ["chat.example.com"]
+    assert route["spec"]["parentRefs"][0]["kind"] == "Gateway"
+    nginx_port = overlay[("Service", "nginx")]["spec"]["ports"][0]["port"]
+    rules = {r["matches"][0]["path"]["value"]: r for r in route["spec"]["rules"]}
+    assert set(rules) == {"/ws/", "/"}
+    for rule in rules.values():
+        assert rule["backendRefs"] == [{"kind": "Service", "name": "nginx", "port": nginx_port}]
+    assert rules["/ws/"]["timeouts"] == {"request": "0s", "backendRequest": "0s"}
+
+    def allowed_hosts(objects):
+        container = objects[("Deployment", "chat")]["spec"]["template"]["spec"]["containers"][0]
+        return k8s_env(container)["DJANGO_ALLOWED_HOSTS"]
+
+    assert allowed_hosts(overlay) == "chat.example.com," + allowed_hosts(base)
+
+    nginx_config = overlay[("ConfigMap", "nginx-config")]["data"]
+    assert "include /etc/nginx/real-ip*.conf;" in nginx_config["nginx.conf"]
+    assert "real_ip_header X-Forwarded-For;" in nginx_config["real-ip.conf"]
+    assert "real_ip_recursive on;" in nginx_config["real-ip.conf"]
+    assert "real_ip" not in "".join(base[("ConfigMap", "nginx-config")]["data"].values())
+    mounts = overlay[("Deployment", "nginx")]["spec"]["template"]["spec"]["containers"][0][
+        "volumeMounts"
+    ]
+    assert {
+        "name": "config",
+        "mountPath": "/etc/nginx/real-ip.conf",
+        "subPath": "real-ip.conf",
+        "readOnly": True,
+    } in mounts
 
 
 def test_the_shards_variant_replaces_only_redis_and_the_chat_settings():

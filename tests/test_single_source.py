@@ -376,7 +376,7 @@ def test_k8s_redis_start_script_is_the_shared_one(variant):
     assert scripts["data"]["redis-start.sh"] == REDIS_START
 
 
-@pytest.mark.parametrize("variant", [SENTINEL, SHARDS])
+@pytest.mark.parametrize("variant", [SENTINEL, SHARDS, "k8s/overlays/example"])
 def test_k8s_variants_repeat_the_base_namespace(variant):
     """Tests that each variant gives its own objects the base's namespace."""
     base = (ROOT / "k8s" / "base" / "kustomization.yaml").read_text()
