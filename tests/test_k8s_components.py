@@ -1,11 +1,26 @@
-"""The Kubernetes extensions: the gateway component and its example overlay, and the Redis
-shards variant (README: Kubernetes)."""
+"""The Kubernetes extensions: the gateway component and its example overlay, the Redis
+shards variant and the connection-autoscaling component (README: Kubernetes)."""
+
+import re
 
 import jsonschema
 import pytest
+import yaml
 
-from .deploy import defaults, gateway_api_validator, k8s_env, k8s_object, kustomize
-from .test_manifests import GATEWAY, SHARDS
+from .deploy import (
+    ROOT,
+    defaults,
+    gateway_api_validator,
+    k8s_config_file,
+    k8s_env,
+    k8s_object,
+    kustomize,
+    kustomize_with,
+    validate_k8s,
+)
+from .test_manifests import GATEWAY, KUBERNETES_VERSIONS, SHARDS
+
+AUTOSCALING = ROOT / "k8s" / "components" / "connection-autoscaling"
 
 
 def without_hash(manifest):
@@ -120,3 +135,54 @@ def test_the_shards_variant_replaces_only_redis_and_the_chat_settings():
         policy["podSelector"]["matchLabels"].items()
         <= redis["template"]["metadata"]["labels"].items()
     )
+
+
+def test_the_connection_metric_is_the_one_the_adapter_serves():
+    """Tests k8s/components/connection-autoscaling: the HPA keeps CPU and adds a Pods metric
+    that the prometheus-adapter rule exposes, from series the chat service exports and
+    labels the Prometheus scrape attaches, with a target below CHAT_MAX_CONNECTIONS even
+    after a replica's drain."""
+    objects = kustomize_with("base", "connection-autoscaling")
+    for manifest in objects:
+        validate_k8s(manifest, KUBERNETES_VERSIONS[0])
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    cpu, connections = hpa["spec"]["metrics"]
+    assert cpu["resource"]["name"] == "cpu"
+    assert connections["type"] == "Pods"
+    name = connections["pods"]["metric"]["name"]
+    assert "selector" not in connections["pods"]["metric"]
+
+    values = yaml.safe_load((AUTOSCALING / "prometheus-adapter-values.yaml").read_text())
+    assert values["prometheus"] == {"url": "http://prometheus.chat-cluster.svc", "port": 9090}
+    assert values["rules"]["default"] is False
+    (rule,) = values["rules"]["custom"]
+    exposed = re.sub(rule["name"]["matches"], rule["name"]["as"], rule["seriesQuery"].split("{")[0])
+    assert exposed == name
+    overrides = {label: r["resource"] for label, r in rule["resources"]["overrides"].items()}
+    assert overrides == {"namespace": "namespace", "replica": "pod"}
+
+    # Every series the rule reads is exported by the service (prometheus_client names)...
+    metrics = (ROOT / "services" / "chat" / "chat" / "metrics.py").read_text()
+    exported = {"chat_" + n for n in re.findall(r'(?:Gauge|Counter)\(\s*"(\w+)"', metrics)}
+    exported |= {"chat_info"} if re.search(r"Info\(NAMESPACE,", metrics) else set()
+    series = set(re.findall(r"\bchat_\w+", rule["seriesQuery"] + rule["metricsQuery"]))
+    assert series == {"chat_info", "chat_connections_open"}
+    assert series <= exported
+    assert '"replica": replica' in metrics
+    # ... and carries the labels the rule maps: `replica` is the pod's name, and the
+    # scrape adds `namespace`.
+    chat = k8s_object("Deployment", "chat")["spec"]["template"]["spec"]["containers"][0]
+    replica_id = next(e for e in chat["env"] if e["name"] == "CHAT_REPLICA_ID")
+    assert replica_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    prometheus = yaml.safe_load(k8s_config_file("prometheus-config", "prometheus.yml"))
+    job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "chat")
+    assert {"target_label": "namespace", "replacement": "chat-cluster"} in job["relabel_configs"]
+
+    target = int(connections["pods"]["target"]["averageValue"])
+    maximum = 10000  # CHAT_MAX_CONNECTIONS' default (chatsite/settings.py)
+    assert (
+        'env_int("CHAT_MAX_CONNECTIONS", 10000)'
+        in (ROOT / "services" / "chat" / "chatsite" / "settings.py").read_text()
+    )
+    minimum = hpa["spec"]["minReplicas"]
+    assert target * minimum / (minimum - 1) * 1.1 <= maximum
