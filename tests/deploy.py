@@ -6,9 +6,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +79,58 @@ def kustomize(path="k8s"):
         ["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True, check=True
     ).stdout
     return [document for document in yaml.safe_load_all(rendered) if document]
+
+
+@cache
+def kustomize_with(resource, *components):
+    """`resource` (a folder of k8s/) rendered with these components of k8s/components, as an
+    overlay of the user's would."""
+    with tempfile.TemporaryDirectory() as overlay:
+        k8s = Path(os.path.relpath(ROOT / "k8s", overlay))
+        (Path(overlay) / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "resources": [str(k8s / resource)],
+                    "components": [str(k8s / "components" / name) for name in components],
+                }
+            )
+        )
+        return kustomize(overlay)
+
+
+# The HTTPRoute v1 schema of Gateway API v1.2.1 (tests/schemas/README.md).
+GATEWAY_API_SCHEMAS = {
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-v1-gateway-api-v1.2.1.json",
+}
+
+
+def strict(schema):
+    """The schema with additionalProperties false wherever an object lists its properties
+    and says nothing of others, as kubeconform's strict mode does."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: strict(value) for key, value in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    return schema
+
+
+@cache
+def gateway_api_validator(api_version, kind):
+    name = GATEWAY_API_SCHEMAS[(api_version, kind)]
+    schema = json.loads((ROOT / "tests" / "schemas" / name).read_text())
+    return jsonschema.Draft4Validator(strict(schema))
+
+
+def validate_k8s(manifest, version):
+    """Validates strictly: Gateway API objects against their vendored CRD schema, the rest
+    against Kubernetes' own (kubernetes-validate knows no CRDs)."""
+    if manifest["apiVersion"].startswith("gateway.networking.k8s.io/"):
+        gateway_api_validator(manifest["apiVersion"], manifest["kind"]).validate(manifest)
+    else:
+        kubernetes_validate.validate(manifest, version, strict=True)
 
 
 def k8s_object(kind, name, path="k8s"):

@@ -10,12 +10,23 @@ import kubernetes_validate
 import pytest
 
 from . import deploy
-from .deploy import ROOT, compose, compose_ha, k8s_config_file, k8s_env, k8s_object, kustomize
+from .deploy import (
+    ROOT,
+    compose,
+    compose_ha,
+    k8s_config_file,
+    k8s_env,
+    k8s_object,
+    kustomize,
+    validate_k8s,
+)
 
 # The newest schemas kubernetes-validate ships, and the oldest release still supported.
 KUBERNETES_VERSIONS = [kubernetes_validate.latest_version(), "1.32.0"]
-VARIANTS = ["k8s", "k8s/variants/sync-consumer", "k8s/variants/redis-sentinel"]
 SENTINEL = "k8s/variants/redis-sentinel"
+SHARDS = "k8s/variants/redis-shards"
+GATEWAY = "k8s/overlays/example"
+VARIANTS = ["k8s", "k8s/variants/sync-consumer", SENTINEL, SHARDS, GATEWAY]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 SCAN_BIN = ROOT / ".venv-scan" / "bin"
 
@@ -31,7 +42,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(path, version):
     objects = kustomize(path)
     assert len(objects) >= 20
     for manifest in objects:
-        kubernetes_validate.validate(manifest, version, strict=True)
+        validate_k8s(manifest, version)
 
 
 def test_schema_validation_can_fail():
@@ -195,7 +206,7 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", ["k8s", SENTINEL])
+@pytest.mark.parametrize("path", ["k8s", SENTINEL, SHARDS, GATEWAY])
 def test_checkov_finds_nothing(tmp_path, path):
     """Tests the Dockerfile and the rendered k8s objects with checkov; skips are in
     .checkov.yaml, each with its reason."""

@@ -32,6 +32,7 @@ NGINX_COMPOSE = (ROOT / "deploy" / "nginx" / "nginx.compose.conf").read_text()
 PROMETHEUS_COMPOSE = (ROOT / "deploy" / "prometheus" / "prometheus.compose.yml").read_text()
 REDIS_START = (ROOT / "deploy" / "redis" / "redis-start.sh").read_text()
 SENTINEL = "k8s/variants/redis-sentinel"
+SHARDS = "k8s/variants/redis-shards"
 # What the service side of issue 13 reads; until it does, the runtimes may set them.
 SENTINEL_SETTINGS = {
     "REDIS_SENTINELS",
@@ -132,15 +133,17 @@ def test_every_redis_has_the_memory_limit_of_defaults_env():
     args = k8s_container("redis")["args"]
     assert args[args.index("--maxmemory") + 1] == limit
     assert args[args.index("--maxmemory-policy") + 1] == policy
-    server = k8s_container("redis", SENTINEL, kind="StatefulSet")
-    assert (k8s_env(server)["REDIS_MAXMEMORY"], k8s_env(server)["REDIS_MAXMEMORY_POLICY"]) == (
-        limit,
-        policy,
-    )
+    for variant in (SENTINEL, SHARDS):
+        server = k8s_container("redis", variant, kind="StatefulSet")
+        environment = k8s_env(server)
+        assert (environment["REDIS_MAXMEMORY"], environment["REDIS_MAXMEMORY_POLICY"]) == (
+            limit,
+            policy,
+        ), variant
+        assert server["resources"]["limits"]["memory"] == "256Mi", variant
     mebibytes = int(limit.removesuffix("mb"))
     assert limit.endswith("mb")
     assert k8s_container("redis")["resources"]["limits"]["memory"] == "256Mi"
-    assert server["resources"]["limits"]["memory"] == "256Mi"
     assert compose()["services"]["redis"]["mem_limit"] == "256m"
     assert mebibytes <= 256 * 0.7, "leave Redis room for fragmentation and client buffers"
 
@@ -172,6 +175,7 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
     composed_ha = set(compose_ha()["services"]["chat"]["environment"])
     kubernetes = {e["name"] for e in k8s_container("chat")["env"]}
     kubernetes_ha = set(k8s_env(k8s_container("chat", SENTINEL)))
+    kubernetes_shards = set(k8s_env(k8s_container("chat", SHARDS)))
     pending = SENTINEL_SETTINGS - read
     for runtime, names in (
         ("local", local),
@@ -179,6 +183,7 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
         ("compose HA", composed_ha),
         ("k8s", kubernetes),
         ("k8s redis-sentinel", kubernetes_ha),
+        ("k8s redis-shards", kubernetes_shards),
     ):
         unread = names - read - pending
         assert not unread, f"{runtime} sets variables the service never reads: {unread}"
@@ -237,13 +242,14 @@ def test_images_are_pinned_in_one_place():
     assert services["redis"]["build"]["args"]["REDIS_IMAGE"].startswith("${REDIS_IMAGE:?")
     redis_dockerfile = (ROOT / "deploy" / "redis" / "Dockerfile").read_text()
     assert f"ARG REDIS_IMAGE={defaults()['REDIS_IMAGE']}" in redis_dockerfile
-    sentinel_images = {
-        c["image"]
-        for o in kustomize(SENTINEL)
-        if o["kind"] == "StatefulSet"
-        for c in o["spec"]["template"]["spec"]["containers"]
-    }
-    assert sentinel_images == {defaults()["REDIS_IMAGE"]}
+    for variant in (SENTINEL, SHARDS):
+        variant_images = {
+            c["image"]
+            for o in kustomize(variant)
+            if o["kind"] == "StatefulSet"
+            for c in o["spec"]["template"]["spec"]["containers"]
+        }
+        assert variant_images == {defaults()["REDIS_IMAGE"]}, variant
     for service, variable in (
         ("nginx", "NGINX_IMAGE"),
         ("prometheus", "PROMETHEUS_IMAGE"),
@@ -358,25 +364,25 @@ def test_the_sentinel_settings_are_the_same_in_every_runtime():
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": int(settings["REDIS_PORT"])}]
 
 
-def test_k8s_redis_start_script_is_the_shared_one():
-    """Tests that k8s's copy of deploy/redis/redis-start.sh (kustomize reads only below k8s/)
-    is identical to it, and is the one the variant's ConfigMap carries."""
-    copy = (ROOT / SENTINEL / "redis-start.sh").read_text()
+@pytest.mark.parametrize("variant", [SENTINEL, SHARDS])
+def test_k8s_redis_start_script_is_the_shared_one(variant):
+    """Tests that k8s's one copy of deploy/redis/redis-start.sh (kustomize reads only below
+    k8s/) is identical to it, and is the one each Redis variant's ConfigMap carries."""
+    copy = (ROOT / "k8s" / "components" / "redis-start" / "redis-start.sh").read_text()
     assert copy == REDIS_START
     scripts = next(
         o
-        for o in kustomize(SENTINEL)
+        for o in kustomize(variant)
         if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("redis-scripts")
     )
     assert scripts["data"]["redis-start.sh"] == REDIS_START
 
 
-def test_k8s_sentinel_variant_repeats_the_base_namespace_and_images():
-    """Tests that the variant gives its own objects the base's namespace and Redis image."""
+@pytest.mark.parametrize("variant", [SENTINEL, SHARDS, "k8s/overlays/example"])
+def test_k8s_variants_repeat_the_base_namespace(variant):
+    """Tests that each variant gives its own objects the base's namespace."""
     base = (ROOT / "k8s" / "base" / "kustomization.yaml").read_text()
-    variant = (ROOT / SENTINEL / "kustomization.yaml").read_text()
     assert "namespace: chat-cluster" in base
-    assert "namespace: chat-cluster" in variant
     assert {
-        o["metadata"].get("namespace") for o in kustomize(SENTINEL) if o["kind"] != "Namespace"
+        o["metadata"].get("namespace") for o in kustomize(variant) if o["kind"] != "Namespace"
     } == {"chat-cluster"}

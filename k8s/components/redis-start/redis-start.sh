@@ -1,6 +1,6 @@
 #!/bin/sh
 # Starts a Redis server or a Sentinel of chat-cluster, in compose (docker-compose.yml,
-# docker-compose.ha.yml) and Kubernetes (k8s/variants/redis-sentinel/ holds a copy that
+# docker-compose.ha.yml) and Kubernetes (k8s/components/redis-start/ holds a copy that
 # tests/test_single_source.py keeps identical).
 #
 #   redis-start.sh server     redis-server; with REDIS_SENTINELS empty a lone Redis
