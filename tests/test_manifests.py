@@ -94,8 +94,8 @@ def test_the_expected_objects_are_there():
 
 @pytest.mark.parametrize("name", ["chat", "nginx"])
 def test_the_chat_and_nginx_pods_spread_over_nodes_and_zones(name):
-    """Tests one pod per node where nodes allow (a hard constraint) and zones preferred,
-    each counted within one rollout."""
+    """Tests pods spread evenly over nodes (a hard constraint) and zones (preferred), each
+    counted within one rollout."""
     pod = k8s_object("Deployment", name)["spec"]["template"]["spec"]
     constraints = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
     assert set(constraints) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
