@@ -2,6 +2,7 @@
 shards variant and the connection-autoscaling component (README: Kubernetes)."""
 
 import re
+import subprocess
 
 import jsonschema
 import pytest
@@ -186,3 +187,65 @@ def test_the_connection_metric_is_the_one_the_adapter_serves():
     )
     minimum = hpa["spec"]["minReplicas"]
     assert target * minimum / (minimum - 1) * 1.1 <= maximum
+
+
+def test_the_adapter_query_gives_each_pod_its_connections(tmp_path):
+    """Tests the rule's metricsQuery in PromQL (promtool), filled in as prometheus-adapter
+    fills it for the pods of the namespace: each pod's connections, by its name, from
+    series labelled as the Kubernetes scrape labels them."""
+    values = yaml.safe_load((AUTOSCALING / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = values["rules"]["custom"]
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.GroupBy>>", "replica")
+        .replace("<<.Series>>", "chat_info")
+        .replace("<<.LabelMatchers>>", 'namespace="chat-cluster",replica=~"chat-a|chat-b"')
+    )
+    scrape = 'job="chat", namespace="chat-cluster"'
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    {
+                        "series": f'chat_connections_open{{{scrape}, instance="10.0.0.1:8001"}}',
+                        "values": "5800x4",
+                    },
+                    {
+                        "series": f'chat_connections_open{{{scrape}, instance="10.0.0.2:8001"}}',
+                        "values": "6200x4",
+                    },
+                    {
+                        "series": f'chat_info{{{scrape}, instance="10.0.0.1:8001",'
+                        ' replica="chat-a", consumer="async", channel_layer="pubsub"}',
+                        "values": "1x4",
+                    },
+                    {
+                        "series": f'chat_info{{{scrape}, instance="10.0.0.2:8001",'
+                        ' replica="chat-b", consumer="async", channel_layer="pubsub"}',
+                        "values": "1x4",
+                    },
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": query,
+                        "eval_time": "30s",
+                        "exp_samples": [
+                            {"labels": '{replica="chat-a"}', "value": 5800},
+                            {"labels": '{replica="chat-b"}', "value": 6200},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "adapter.test.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run(
+        ["promtool", "test", "rules", "adapter.test.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
