@@ -1,5 +1,7 @@
 """The sync consumer, kept for benchmarks, on a real cluster: same protocol, same fan-out."""
 
+import time
+
 import pytest
 
 from harness.client import join
@@ -30,7 +32,9 @@ async def test_sync_consumer_fans_out_across_replicas(sync_cluster):
             "message": "from the sync consumer",
             "name": second.welcome["name"],
             "sent_via": "chat-2",
+            "time": frame["time"],
         }
+        assert abs(frame["time"] / 1000 - time.time()) < 5
         await client.assert_silent(0.3)
 
     await first.socket.send("{")

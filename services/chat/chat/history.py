@@ -109,7 +109,7 @@ class RedisHistory:
         ref_ttl = REF_TTL if ref else SERVER_REF_TTL
         keys = self.keys(room, ref or f"server-{secrets.token_hex(8)}")
         args = [
-            *chat_frame_parts(message, name, replica),
+            *chat_frame_parts(message, name, replica, sent_at),
             repr(sent_at),
             self.max_length,
             self.max_age * 1000,
@@ -219,7 +219,7 @@ class MemoryHistory:
                 return Published(state["refs"][ref], state["epoch"], True)
             state["last_id"] += 1
             message_id, epoch, sent_at = state["last_id"], state["epoch"], time.time()
-            frame = chat_frame(message_id, epoch, message, name, replica)
+            frame = chat_frame(message_id, epoch, message, name, replica, sent_at)
             state["entries"].append((message_id, frame, sent_at))
             if ref:
                 state["refs"][ref] = message_id

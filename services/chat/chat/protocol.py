@@ -20,10 +20,11 @@ Server to client, text frames with a "type":
         not shown a line it does not understand. The same holds for
         "history" and "presence".
     {"type": "chat", "id": 57, "epoch": "4f1a2b9c", "message": "hello", "name": "Ada",
-     "sent_via": "chat-2"}
+     "sent_via": "chat-2", "time": 1764633600123}
         a message of the room. "id" counts up from 1 in the room within one
         "epoch" (a new epoch starts if the server lost the room's history);
-        "sent_via" names the replica it was sent to. On joining, the newest
+        "sent_via" names the replica it was sent to, and "time" when that replica
+        took it, in milliseconds since the Unix epoch (its clock). On joining, the newest
         messages (CHAT_HISTORY_ON_JOIN), or on resuming, the missed ones, come
         first, in id order, and a message is never sent twice on a connection.
     {"type": "history", "epoch": "4f1a2b9c", "last_id": 57, "replayed": 3, "gap": "none"}
@@ -163,15 +164,18 @@ def resume_position(query_string):
     return epoch, int(last_id)
 
 
-def chat_frame_parts(message, name, replica):
+def chat_frame_parts(message, name, replica, sent_at):
     """A chat frame in three parts around its id and epoch, which the history assigns
-    when it stores the message: frame = head + id + middle + epoch + tail."""
-    body = json.dumps({"message": message, "name": name, "sent_via": replica})
+    when it stores the message: frame = head + id + middle + epoch + tail. sent_at is
+    time.time() when the replica took the message."""
+    body = json.dumps(
+        {"message": message, "name": name, "sent_via": replica, "time": int(sent_at * 1000)}
+    )
     return '{"type":"chat","id":', ',"epoch":"', '",' + body[1:]
 
 
-def chat_frame(message_id, epoch, message, name, replica):
-    head, middle, tail = chat_frame_parts(message, name, replica)
+def chat_frame(message_id, epoch, message, name, replica, sent_at):
+    head, middle, tail = chat_frame_parts(message, name, replica, sent_at)
     return f"{head}{message_id}{middle}{epoch}{tail}"
 
 

@@ -1,5 +1,6 @@
 import asyncio
 import json
+import time
 
 import pytest
 from channels.layers import get_channel_layer
@@ -115,7 +116,9 @@ async def test_message_fans_out_to_everyone_in_the_room(application):
             "message": "hello",
             "name": frame["name"],
             "sent_via": "unit-test",
+            "time": frame["time"],
         }
+        assert abs(frame["time"] / 1000 - time.time()) < 5
         assert frame["name"].startswith("guest-")
         assert await quiet(member, timeout=0.1)
     for member in members:

@@ -67,9 +67,9 @@ def test_size_limit_counts_utf8_bytes():
 
 def test_chat_frame_parts_make_the_documented_chat_frame():
     """Tests that the parts the publish script joins around id and epoch make the frame."""
-    head, middle, tail = protocol.chat_frame_parts('hello <b> "é"', "Ada", "chat-2")
+    head, middle, tail = protocol.chat_frame_parts('hello <b> "é"', "Ada", "chat-2", 1.2345)
     frame = head + "7" + middle + "ab" + tail
-    assert frame == protocol.chat_frame(7, "ab", 'hello <b> "é"', "Ada", "chat-2")
+    assert frame == protocol.chat_frame(7, "ab", 'hello <b> "é"', "Ada", "chat-2", 1.2345)
     assert json.loads(frame) == {
         "type": "chat",
         "id": 7,
@@ -77,6 +77,7 @@ def test_chat_frame_parts_make_the_documented_chat_frame():
         "message": 'hello <b> "é"',
         "name": "Ada",
         "sent_via": "chat-2",
+        "time": 1234,
     }
 
 
