@@ -87,7 +87,7 @@ def test_the_outbox_sends_until_acknowledged_and_never_twice(browser, browser_cl
     again on reconnecting and shown once (the server acknowledges the ref as a duplicate)."""
     switch = SocketSwitch()
     ada = ChatPage(browser, browser_cluster, "outbox", "Ada", route_sockets=switch)
-    pending = ada.page.locator("#chat-pending li")
+    pending = ada.page.locator("#chat-pending .text")
 
     switch.refuse_next = "unavailable"
     ada.post("refused once")

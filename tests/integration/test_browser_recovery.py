@@ -134,7 +134,7 @@ def test_a_page_keeps_a_complete_log_through_faults_without_reloading(browser, f
         "ada-3 sent during the rolling restart",
     ):
         assert lines.count(f"Ada: {own}") == 1, own
-    expect(ada.page.locator("#chat-pending li")).to_have_count(0)
+    expect(ada.page.locator("#chat-pending .text")).to_have_count(0)
     ada.assert_not_reloaded()
 
     seconds = time.monotonic() - started

@@ -3,8 +3,8 @@ from django.shortcuts import render
 
 from . import protocol
 
-# What the room page's script (static/chat/room.js) needs of the protocol, put in the
-# page as JSON (json_script), so that the script repeats none of it.
+# What the pages' scripts (static/chat/*.js) need of the protocol, its name rules
+# included, put in the page as JSON (json_script), so that the scripts repeat none of it.
 PAGE_PROTOCOL = {
     "SUBPROTOCOL": protocol.SUBPROTOCOL,
     "CLOSE_SERVICE_RESTART": protocol.CLOSE_SERVICE_RESTART,
@@ -13,11 +13,14 @@ PAGE_PROTOCOL = {
     "GAP_RESET": protocol.GAP_RESET,
     "RATE_LIMITED": protocol.RATE_LIMITED,
     "UNAVAILABLE": protocol.UNAVAILABLE,
+    "ROOM_NAME_PATTERN": protocol.ROOM_NAME_PATTERN,
+    "ROOM_NAME_RULE": protocol.ROOM_NAME_RULE,
+    "NAME_MAX_LENGTH": protocol.NAME_MAX_LENGTH,
 }
 
 
 def index(request):
-    return render(request, "chat/index.html")
+    return render(request, "chat/index.html", {"protocol": PAGE_PROTOCOL})
 
 
 def room(request, room_name):

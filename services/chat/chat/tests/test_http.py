@@ -82,8 +82,12 @@ def page_code(response):
 @pytest.mark.parametrize(
     ("path", "scripts", "stylesheets"),
     [
-        ("/chat/", ["/static/chat/index.js"], []),
-        ("/chat/lobby/", ["/static/chat/room.js"], ["/static/chat/room.css"]),
+        ("/chat/", ["/static/chat/names.js", "/static/chat/index.js"], ["/static/chat/chat.css"]),
+        (
+            "/chat/lobby/",
+            ["/static/chat/names.js", "/static/chat/room.js"],
+            ["/static/chat/chat.css"],
+        ),
         ("/chat/caf%C3%A9/", [], []),
     ],
     ids=["index", "room", "invalid-room"],
@@ -98,25 +102,31 @@ def test_pages_have_no_inline_script_or_style(client, path, scripts, stylesheets
     assert code.stylesheets == stylesheets
 
 
-def test_room_page_gives_its_script_the_protocol_constants(client):
-    """Tests that the room page's script reads the protocol's constants from the page,
-    from chat.protocol, and repeats none of them."""
-    page = client.get("/chat/lobby/").content.decode()
+@pytest.mark.parametrize("path", ["/chat/", "/chat/lobby/"])
+def test_pages_give_their_scripts_the_protocol_constants(client, path):
+    """Tests that the pages' scripts read the protocol's constants and name rules from the
+    page, from chat.protocol, and repeat none of them."""
+    page = client.get(path).content.decode()
     found = re.search(r'<script id="chat-protocol" type="application/json">(.*?)</script>', page)
     names = ("SUBPROTOCOL", "CLOSE_SERVICE_RESTART", "CLOSE_INVALID_ROOM", "GAP_TRIMMED")
     names += ("GAP_RESET", "RATE_LIMITED", "UNAVAILABLE")
+    names += ("ROOM_NAME_PATTERN", "ROOM_NAME_RULE", "NAME_MAX_LENGTH")
     assert json.loads(found.group(1)) == {name: getattr(protocol, name) for name in names}
-    code = re.sub(r"//.*", "", (STATIC / "chat/room.js").read_text())
-    for literal in (
-        "chat.v1",
-        "1012",
-        "4400",
-        "'trimmed'",
-        "'reset'",
-        "unavailable",
-        "rate_limited",
-    ):
-        assert literal not in code
+    for script in ("room.js", "index.js", "names.js"):
+        code = re.sub(r"//.*", "", (STATIC / "chat" / script).read_text())
+        for literal in (
+            "chat.v1",
+            "1012",
+            "4400",
+            "'trimmed'",
+            "'reset'",
+            "unavailable",
+            "rate_limited",
+            "A-Za-z0-9",
+            "32",
+            "80",
+        ):
+            assert literal not in code, (script, literal)
 
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -130,7 +140,7 @@ STATIC = Path(__file__).resolve().parents[1] / "static"
     [
         ("chat/room.js", "text/javascript"),
         ("chat/index.js", "text/javascript"),
-        ("chat/room.css", "text/css"),
+        ("chat/chat.css", "text/css"),
     ],
 )
 async def test_static_files_are_served_by_the_replica(name, content_type):

@@ -1,18 +1,24 @@
 // The room page's script (templates/chat/room.html), a file of its own so that a
 // Content-Security-Policy can allow it without 'unsafe-inline'.
 // Plain JavaScript, no asset from the internet. Everything a peer sends is
-// shown with .value or .textContent, never parsed as HTML.
+// shown with .textContent, never parsed as HTML.
 const roomName = JSON.parse(document.getElementById('room-name').textContent);
 // The subprotocol, close codes, gap kinds and retryable error codes of chat.protocol, put
-// in the page by views.room: this file repeats none of them.
-const PROTOCOL = JSON.parse(document.getElementById('chat-protocol').textContent);
-const displayName = localStorage.getItem('chat-display-name')
-    || 'guest-' + Math.random().toString(16).slice(2, 6);
+// in the page by views.room (read by names.js): this file repeats none of them.
+const PROTOCOL = ChatNames.protocol;
+
+// The name: ?name= in the address if the server would take it, else the last one used.
+const nameInAddress = (new URLSearchParams(window.location.search).get('name') || '').trim();
+const nameProblem = nameInAddress ? ChatNames.displayNameProblem(nameInAddress) : null;
+let displayName = (nameInAddress && !nameProblem) ? nameInAddress
+    : localStorage.getItem('chat-display-name') || 'guest-' + Math.random().toString(16).slice(2, 6);
 localStorage.setItem('chat-display-name', displayName);
 document.querySelector('#display-name').textContent = displayName;
 
 const chatLog = document.querySelector('#chat-log');
+const conversation = document.querySelector('.conversation');
 const errorLine = document.querySelector('#chat-error');
+const messageInput = document.querySelector('#chat-message-input');
 const scheme = window.location.protocol === 'https:' ? 'wss://' : 'ws://';
 const socketBase = scheme + window.location.host + '/ws/chat/'
     + encodeURIComponent(roomName) + '/?name=' + encodeURIComponent(displayName);
@@ -49,6 +55,48 @@ function notice(text) {
     const time = new Date().toLocaleTimeString();
     document.querySelector('#chat-notice').textContent = time + ' · ' + text;
 }
+if (nameProblem) {
+    notice('The name in the address was not used: ' + nameProblem);
+}
+
+// The log as the tutorial's textarea had it, "name: message" a line: its tests, and
+// ours, read #chat-log's value. The list shows the newest SHOWN_IN_LOG messages.
+const transcript = [];
+Object.defineProperty(chatLog, 'value', {get: function() { return transcript.join(''); }});
+const SHOWN_IN_LOG = 500;
+const timeFormat = new Intl.DateTimeFormat(undefined, {hour: '2-digit', minute: '2-digit'});
+
+function messageItem(name, text, time, own) {
+    const item = document.createElement('li');
+    item.className = own ? 'message own' : 'message';
+    const meta = document.createElement('div');
+    meta.className = 'meta';
+    const sender = document.createElement('span');
+    sender.className = 'sender';
+    sender.textContent = own ? name + ' (you)' : name;
+    meta.append(sender);
+    if (time !== null) {
+        const stamp = document.createElement('time');
+        stamp.dateTime = time.toISOString();
+        stamp.title = time.toLocaleString();
+        stamp.textContent = timeFormat.format(time);
+        meta.append(stamp);
+    }
+    const body = document.createElement('p');
+    body.className = 'text';
+    body.textContent = text;
+    item.append(meta, body);
+    return item;
+}
+
+// Keeps the newest message in view, unless the reader scrolled up to read older ones.
+function followingLog() {
+    return conversation.scrollHeight - conversation.scrollTop - conversation.clientHeight < 48;
+}
+
+function scrollToNewest() {
+    conversation.scrollTop = conversation.scrollHeight;
+}
 
 function socketUrl() {
     if (position.lastId === null) {
@@ -81,8 +129,16 @@ function showChat(data) {
         }
     }
     const who = data.name ? data.name + ': ' : '';
-    chatLog.value += who + data.message + '\n';
-    chatLog.scrollTop = chatLog.scrollHeight;
+    transcript.push(who + data.message + '\n');
+    const following = followingLog();
+    const time = Number.isFinite(data.time) ? new Date(data.time) : null;
+    chatLog.append(messageItem(data.name || '', data.message, time, data.name === displayName));
+    if (chatLog.children.length > SHOWN_IN_LOG) {
+        chatLog.firstElementChild.remove();
+    }
+    if (following) {
+        scrollToNewest();
+    }
 }
 
 function showHistory(data) {
@@ -121,17 +177,26 @@ function showPresence(data) {
         return item;
     }));
     document.querySelector('#presence-count').textContent = data.count;
+    document.querySelector('#presence-toggle-count').textContent = data.count;
     const more = data.count - names.length;
     document.querySelector('#presence-more').textContent = more > 0 ? 'and ' + more + ' more' : '';
 }
 
 function showPending() {
+    const following = followingLog();
     const list = document.querySelector('#chat-pending');
     list.replaceChildren(...Array.from(outbox.values(), function(entry) {
-        const item = document.createElement('li');
-        item.textContent = entry.message;
+        const item = messageItem(displayName, entry.message, null, true);
+        item.classList.add('sending');
+        const state = document.createElement('span');
+        state.className = 'sending-state';
+        state.textContent = 'sending…';
+        item.querySelector('.meta').append(state);
         return item;
     }));
+    if (following) {
+        scrollToNewest();
+    }
 }
 
 function transmit(ref) {
@@ -181,6 +246,10 @@ function connect() {
             setState('live');
             errorLine.textContent = '';
             document.querySelector('#socket-replica').textContent = data.replica;
+            if (data.name && data.name !== displayName) {
+                displayName = data.name;  // the server's word: what the others see
+                document.querySelector('#display-name').textContent = displayName;
+            }
             // The server reads these after the replay it sends first.
             outbox.forEach(function(entry, ref) { transmit(ref); });
         } else if (data.type === 'chat') {
@@ -201,9 +270,8 @@ function connect() {
             } else {
                 errorLine.textContent = data.detail;
                 const entry = data.ref ? settle(data) : null;
-                const input = document.querySelector('#chat-message-input');
-                if (entry && !input.value) {
-                    input.value = entry.message;  // refused for good: back to the box
+                if (entry && !messageInput.value) {
+                    messageInput.value = entry.message;  // refused for good: back to the box
                 }
             }
         }
@@ -232,16 +300,27 @@ function connect() {
 }
 connect();
 
-document.querySelector('#chat-message-input').focus();
-document.querySelector('#chat-message-input').onkeyup = function(e) {
+messageInput.focus();
+messageInput.onkeyup = function(e) {
     if (e.key === 'Enter') {  // enter, return
         document.querySelector('#chat-message-submit').click();
     }
 };
 
+// On narrow screens the people list is a panel the count in the header opens.
+const peopleToggle = document.querySelector('#presence-toggle');
+peopleToggle.onclick = function() {
+    const open = peopleToggle.getAttribute('aria-expanded') !== 'true';
+    peopleToggle.setAttribute('aria-expanded', String(open));
+    document.body.classList.toggle('people-open', open);
+};
+
 document.querySelector('#chat-message-submit').onclick = function(e) {
-    const messageInputDom = document.querySelector('#chat-message-input');
-    const message = messageInputDom.value;
+    const message = messageInput.value;
+    messageInput.focus();  // a click on Send leaves the typing where it was
+    if (message.trim() === '') {
+        return;
+    }
     const ref = newRef();
     const size = new TextEncoder().encode(JSON.stringify({message: message, ref: ref})).length;
     if (size > maxMessageBytes) {
@@ -251,6 +330,7 @@ document.querySelector('#chat-message-submit').onclick = function(e) {
     // Kept until acknowledged; while reconnecting it waits for the next socket.
     outbox.set(ref, {message: message, retry: null});
     showPending();
-    messageInputDom.value = '';
+    scrollToNewest();
+    messageInput.value = '';
     transmit(ref);
 };
