@@ -88,7 +88,7 @@ def page_code(response):
             ["/static/chat/names.js", "/static/chat/room.js"],
             ["/static/chat/chat.css"],
         ),
-        ("/chat/caf%C3%A9/", [], []),
+        ("/chat/caf%C3%A9/", [], ["/static/chat/chat.css"]),
     ],
     ids=["index", "room", "invalid-room"],
 )
