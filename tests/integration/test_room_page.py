@@ -19,6 +19,12 @@ document.addEventListener('securitypolicyviolation', (e) =>
     window.__problems.push('csp ' + e.violatedDirective + ' ' + e.blockedURI));
 """
 LONG_WORD = "x" * 300
+SIDEWAYS_SCROLLERS = """
+Array.from(document.querySelectorAll('body *'))
+    .filter((e) => ['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+    .filter((e) => e.scrollWidth > e.clientWidth)
+    .map((e) => e.tagName + '.' + e.className + '#' + e.id)
+"""
 
 
 class Person:
@@ -40,6 +46,9 @@ class Person:
         """No sideways scrolling, and nothing went wrong."""
         overflow = self.page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert overflow[0] <= overflow[1], f"scrollWidth {overflow[0]} > innerWidth {overflow[1]}"
+        # Nor inside the page: no scrolling box (the messages) scrolls sideways.
+        sideways = self.page.evaluate(SIDEWAYS_SCROLLERS)
+        assert sideways == [], sideways
         assert self.page.evaluate("window.__problems") == []
         assert self.problems == []
 
