@@ -1,7 +1,6 @@
 """The pages under their Content-Security-Policy in Chromium, through nginx (a module of
 its own: Playwright's sync API and the asyncio tests of test_edge.py do not share one)."""
 
-
 from playwright.sync_api import expect
 
 # Run before the page's own scripts: records every violation of the page's policy.

@@ -1,7 +1,7 @@
-"""The pages as people use them, on a phone (390 x 844) and a laptop (1280 x 800), in
-Chromium through nginx: no sideways scrolling, the people in reach, two people chatting
-both ways by keyboard, names checked as the server checks them, and no console error or
-policy violation. Screenshots go to test-results/pages/ (look at them)."""
+"""The pages as people use them, on phones (360 x 640, 390 x 844) and laptops (900 x 700,
+1280 x 800), in Chromium through nginx: no sideways scrolling, the people in reach, two
+people chatting both ways by keyboard, names checked as the server checks them, and no
+console error or policy violation. Screenshots go to test-results/pages/ (look at them)."""
 
 import secrets
 
@@ -11,7 +11,12 @@ from playwright.sync_api import expect
 from harness.paths import ROOT
 
 SHOTS = ROOT / "test-results" / "pages"
-VIEWPORTS = {"phone": {"width": 390, "height": 844}, "laptop": {"width": 1280, "height": 800}}
+VIEWPORTS = {
+    "small-phone": {"width": 360, "height": 640},
+    "phone": {"width": 390, "height": 844},
+    "half-laptop": {"width": 900, "height": 700},
+    "laptop": {"width": 1280, "height": 800},
+}
 # Run before the page's own scripts: every policy violation and uncaught error.
 PROBE = """
 window.__problems = [];
@@ -110,7 +115,7 @@ def test_two_people_chat_on_the_room_page(browser, cluster, viewport):
     assert ada.page.locator("#chat-log").get_attribute("aria-live") == "polite"
 
     people = ada.page.locator("#presence li")
-    if viewport == "phone":
+    if viewport.endswith("phone"):
         expect(ada.page.locator("#people")).to_be_hidden()
         toggle = ada.page.locator("#presence-toggle")
         expect(toggle).to_be_visible()
@@ -122,7 +127,7 @@ def test_two_people_chat_on_the_room_page(browser, cluster, viewport):
         expect(ada.page.locator("#presence-toggle")).to_be_hidden()
     expect(ada.page.locator("#people")).to_be_visible()
     expect(people).to_have_text(["Ada", grace_name])
-    ada.shot(f"room-{viewport}-people" if viewport == "phone" else f"room-{viewport}")
+    ada.shot(f"room-{viewport}-people" if viewport.endswith("phone") else f"room-{viewport}")
     grace.shot(f"room-{viewport}-other")
     for person in (ada, grace):
         person.check()
