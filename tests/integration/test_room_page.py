@@ -122,6 +122,10 @@ def test_two_people_chat_on_the_room_page(browser, cluster, viewport):
         expect(ada.page.locator("#presence-toggle-count")).to_have_text("2")
         ada.shot(f"room-{viewport}")
         toggle.click()
+        expect(ada.page.locator("#people")).to_be_visible()
+        ada.page.keyboard.press("Escape")
+        expect(ada.page.locator("#people")).to_be_hidden()
+        toggle.click()
         expect(toggle).to_have_attribute("aria-expanded", "true")
     else:
         expect(ada.page.locator("#presence-toggle")).to_be_hidden()

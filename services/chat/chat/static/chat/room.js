@@ -314,6 +314,12 @@ peopleToggle.onclick = function() {
     peopleToggle.setAttribute('aria-expanded', String(open));
     document.body.classList.toggle('people-open', open);
 };
+document.addEventListener('keydown', function(e) {
+    if (e.key === 'Escape' && peopleToggle.getAttribute('aria-expanded') === 'true') {
+        peopleToggle.click();
+        peopleToggle.focus();
+    }
+});
 
 document.querySelector('#chat-message-submit').onclick = function(e) {
     const message = messageInput.value;
