@@ -20,6 +20,8 @@ DEPLOY = ROOT / "deploy"
 DEFAULTS_FILE = DEPLOY / "defaults.env"
 SERVICE_DIR = ROOT / "services" / "chat"
 HOST = "127.0.0.1"
+# The Makefile's RUN_DIR: where a cluster's generated files, logs and settings go.
+DEFAULT_RUN_DIR = ROOT / ".run" / "local"
 
 # The cluster's own settings: each from the environment, else deploy/defaults.env.
 # CLUSTER_NETWORK and its delay and loss are network.py's (NETWORK_SETTINGS).
