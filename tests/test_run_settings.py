@@ -153,10 +153,15 @@ def test_a_run_directory_outside_the_repository_is_named_whole(tmp_path):
 
 def test_the_settings_in_force_are_those_that_are_not_defaults(tmp_path):
     recorded = recorded_cluster(tmp_path, **{**PORTS, "REDIS_PORT": defaults()["REDIS_PORT"]})
-    assert run_settings.summary(recorded, defaults()) == (
-        "REPLICAS=2 LB_PORT=18080 CHAT_PORT=18001, else defaults.env"
-    )
-    assert run_settings.summary(recorded_cluster(tmp_path), defaults()) == "all defaults.env's"
+    assert run_settings.summary(recorded, defaults(), "recorded") == [
+        "REPLICAS=2",
+        "LB_PORT=18080",
+        "CHAT_PORT=18001",
+        "(others as defaults.env; recorded)",
+    ]
+    assert run_settings.summary(recorded_cluster(tmp_path), defaults(), "recorded") == [
+        "as defaults.env (recorded)"
+    ]
 
 
 def test_up_on_a_running_cluster_refuses_a_port_and_changes_nothing(tmp_path, monkeypatch):

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 
 import network
 import run_settings
@@ -115,14 +114,19 @@ def warn(config, recorded, defaults):
         print(line, file=sys.stderr)
 
 
-def settings_line(config, recorded, defaults, indent):
+def settings_lines(config, recorded, defaults, indent, width=100):
+    """`status`' first lines: the settings in force that are not defaults.env's."""
     source = (
-        f"({run_settings.SETTINGS_FILE})"
+        f"recorded in {run_settings.SETTINGS_FILE}"
         if recorded is not None
-        else f"(the environment's: no {run_settings.SETTINGS_FILE}, an older version started it)"
+        else f"from the environment, no {run_settings.SETTINGS_FILE}: an older version's cluster"
     )
-    text = f"{'settings':{indent - 1}} {run_settings.summary(config.settings, defaults)} {source}"
-    return textwrap.fill(text, width=100, subsequent_indent=" " * indent, break_on_hyphens=False)
+    lines = [f"{'settings':{indent - 1}}"]
+    for word in run_settings.summary(config.settings, defaults, source):
+        if len(lines[-1]) + 1 + len(word) > width and len(lines[-1]) >= indent:
+            lines.append(" " * (indent - 1))
+        lines[-1] += f" {word}"
+    return "\n".join(lines)
 
 
 def redis_summary(config):
@@ -186,7 +190,7 @@ def status(config, supervisor, recorded, defaults):
     ports = config.program_ports
     layout = config.network
     wide = 13 if layout.netns else 10
-    print(settings_line(config, recorded, defaults, wide + 1))
+    print(settings_lines(config, recorded, defaults, wide + 1))
     for process in processes:
         name = process["name"]
         # A relay listens where its Redis is reached.

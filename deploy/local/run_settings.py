@@ -128,13 +128,16 @@ def in_force(settings, defaults):
 
 
 def assignments(settings):
-    return " ".join(f"{name}={shlex.quote(value)}" for name, value in settings.items())
+    return [f"{name}={shlex.quote(value)}" for name, value in settings.items()]
 
 
-def summary(settings, defaults):
-    """The settings in force, compactly: those that are not deploy/defaults.env's."""
+def summary(settings, defaults, source):
+    """The settings in force, compactly, as words to wrap: those that are not
+    deploy/defaults.env's, then `source`, where they come from."""
     changed = in_force(settings, defaults)
-    return f"{assignments(changed)}, else defaults.env" if changed else "all defaults.env's"
+    if not changed:
+        return [f"as defaults.env ({source})"]
+    return [*assignments(changed), f"(others as defaults.env; {source})"]
 
 
 def make_command(target, run_dir, settings=None):
@@ -144,9 +147,7 @@ def make_command(target, run_dir, settings=None):
     if run_dir != DEFAULT_RUN_DIR:
         shown = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
         words.append(f"RUN_DIR={shlex.quote(str(shown))}")
-    if settings:
-        words.append(assignments(settings))
-    return " ".join(words)
+    return " ".join([*words, *assignments(settings or {})])
 
 
 def advice(changes, running, defaults, run_dir):
