@@ -11,7 +11,12 @@
 
 Settings come from deploy/defaults.env, overridden by the environment. Every
 generated file goes to the run directory (default .run/local, git-ignored), so
-several clusters can run side by side on different ports.
+several clusters can run side by side on different ports. `up` records the settings
+there (settings.json, run_settings.py) and the other commands use them, so that
+--run-dir alone names a cluster started with other settings; `status` warns when the
+environment asks for others. On a running cluster `up` applies the settings the
+environment sets, on top of the recorded ones, or changes nothing if one of them
+cannot change while it runs (a port, Redis, the network).
 
 This file is the command line; config.py (settings and generated files) and
 supervision.py (supervisord and its programs) beside it do the work.
@@ -23,32 +28,35 @@ import os
 import sys
 
 import network
-from config import HOST, ROOT, ClusterConfig, ClusterError
+import run_settings
+from config import DEFAULT_RUN_DIR, HOST, ClusterConfig, ClusterError, read_defaults
 from readiness import not_in_sync, readiness, redis_roles
 from supervision import Supervisor
 
 
-def up(config, supervisor, timeout):
-    config.network.check()
-    if supervisor.pid() is None:
+def up(current, recorded, defaults, timeout):
+    """`current`: the run directory's cluster as recorded, else as the environment says."""
+    if Supervisor(current).pid() is None:
+        # A stopped cluster starts anew with what the environment asks for.
+        config = ClusterConfig.from_environment(current.run_dir, defaults=defaults)
+        validate_and_record(config)
+        supervisor = Supervisor(config)
         # The namespaces before the programs that run in them; a crashed run's first.
         network.create(config.network, config.run_dir)
         supervisor.start()
         action = "started"
     else:
-        recorded = network.read_state(config.run_dir) or {"mode": "loopback"}
-        if recorded["mode"] != config.network.mode or (
-            config.network.netns and recorded.get("replicas") != list(config.replica_ports)
-        ):
-            raise ClusterError(
-                f"The running cluster's network is {recorded['mode']} with "
-                f"{recorded.get('replicas', 'its')} replicas: `make down` first to change "
-                "CLUSTER_NETWORK, or REPLICAS and REDIS_SHARDS in netns mode."
-            )
-        changed = supervisor.apply_changes()
+        config, changes = settings_for_running(current, recorded, defaults)
+        check_network_unchanged(config)
+        validate_and_record(config)
+        supervisor = Supervisor(config)
+        changed = [change.change() for change in changes] + supervisor.apply_changes()
         action = f"updated ({', '.join(changed)})" if changed else "already running"
     supervisor.wait_until_ready(timeout)
     ports = list(config.replica_ports.values())
+    commands = ", ".join(
+        run_settings.make_command(target, config.run_dir) for target in ("logs", "status", "down")
+    )
     first, last = config.network.address("chat-1"), config.network.address(f"chat-{len(ports)}")
     print(
         f"chat-cluster {action}: {config.replicas} replicas, {config.consumer} consumer, "
@@ -58,8 +66,67 @@ def up(config, supervisor, timeout):
         f"  Network     {network_line(config.network)}\n"
         f"  Prometheus  {config.prometheus_url}/targets\n"
         f"  Redis       {redis_summary(config)}\n"
-        f"  Logs        {config.log_dir}   (make logs, make status, make down)"
+        f"  Logs        {config.log_dir}   ({commands})"
     )
+
+
+def settings_for_running(current, recorded, defaults):
+    """What `up` gives a running cluster, and what changes: the recorded settings with
+    those the environment sets, refused whole if one of these cannot change while it
+    runs. Without a record (an older version's cluster), the environment's."""
+    if recorded is None:
+        return ClusterConfig.from_environment(current.run_dir, defaults=defaults), []
+    wanted = {**recorded, **run_settings.asked(os.environ)}
+    config = ClusterConfig.from_environment(current.run_dir, wanted, defaults)
+    changes = run_settings.differences(recorded, config.settings)
+    if not all(change.applies_while_running for change in changes):
+        raise ClusterError(run_settings.refusal(changes, recorded, defaults, current.run_dir))
+    return config, changes
+
+
+def check_network_unchanged(config):
+    recorded = network.read_state(config.run_dir) or {"mode": "loopback"}
+    if recorded["mode"] != config.network.mode or (
+        config.network.netns and recorded.get("replicas") != list(config.replica_ports)
+    ):
+        raise ClusterError(
+            f"The running cluster's network is {recorded['mode']} with "
+            f"{recorded.get('replicas', 'its')} replicas: `make down` first to change "
+            "CLUSTER_NETWORK, or REPLICAS and REDIS_SHARDS in netns mode."
+        )
+
+
+def validate_and_record(config):
+    """Checks what the settings alone can tell, then records them: before anything
+    starts, so that `down` with the run directory alone stops a failed start."""
+    config.network.check()
+    config.ports()
+    run_settings.record(config.run_dir, config.settings)
+
+
+def warn(config, recorded, defaults):
+    """Warns, on stderr, of each setting the environment asks for that the cluster of
+    the run directory does not run with."""
+    if recorded is None:
+        return
+    changes = run_settings.differences(recorded, run_settings.asked(os.environ))
+    for line in run_settings.warnings(changes, recorded, defaults, config.run_dir):
+        print(line, file=sys.stderr)
+
+
+def settings_lines(config, recorded, defaults, indent, width=100):
+    """`status`' first lines: the settings in force that are not defaults.env's."""
+    source = (
+        f"recorded in {run_settings.SETTINGS_FILE}"
+        if recorded is not None
+        else f"from the environment, no {run_settings.SETTINGS_FILE}: an older version's cluster"
+    )
+    lines = [f"{'settings':{indent - 1}}"]
+    for word in run_settings.summary(config.settings, defaults, source):
+        if len(lines[-1]) + 1 + len(word) > width and len(lines[-1]) >= indent:
+            lines.append(" " * (indent - 1))
+        lines[-1] += f" {word}"
+    return "\n".join(lines)
 
 
 def redis_summary(config):
@@ -110,8 +177,9 @@ def restart(supervisor, names, timeout):
         )
 
 
-def status(config, supervisor):
-    """Prints each process; True if all run and are ready."""
+def status(config, supervisor, recorded, defaults):
+    """Prints the settings in force and each process, and warns of settings the
+    environment asks for otherwise; True if all run and are ready."""
     if supervisor.pid() is None:
         print(f"chat-cluster is not running ({config.run_dir})")
         return False
@@ -122,6 +190,7 @@ def status(config, supervisor):
     ports = config.program_ports
     layout = config.network
     wide = 13 if layout.netns else 10
+    print(settings_lines(config, recorded, defaults, wide + 1))
     for process in processes:
         name = process["name"]
         # A relay listens where its Redis is reached.
@@ -135,6 +204,8 @@ def status(config, supervisor):
         )
     if layout.netns:
         print(f"network       {network_line(layout)}")
+    sys.stdout.flush()  # the warnings, on stderr, after the table
+    warn(config, recorded, defaults)
     return (
         all(p["statename"] == "RUNNING" for p in processes)
         and all(state == "ready" for state in states.values())
@@ -165,6 +236,8 @@ def describe(config, supervisor):
                 "redis_ports": config.redis_ports,
                 "sentinel_ports": config.sentinel_ports,
                 "log_dir": str(config.log_dir),
+                # Every setting as resolved: settings.json's once `up` recorded them.
+                "settings": config.settings,
                 "supervisor_pid": supervisor.pid(),
                 # The names `status` prints first; null for a stopped program.
                 "processes": supervisor.process_pids(),
@@ -177,7 +250,7 @@ def parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--run-dir",
-        default=os.environ.get("RUN_DIR") or ROOT / ".run" / "local",
+        default=os.environ.get("RUN_DIR") or DEFAULT_RUN_DIR,
         help="where generated configuration, logs and PIDs go",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -203,18 +276,24 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        config = ClusterConfig.from_environment(args.run_dir)
+        defaults = read_defaults()
+        recorded = run_settings.read(args.run_dir)
+        # The cluster as `up` made it; without settings.json (never started, or by an
+        # older version), as the environment says.
+        environ = os.environ if recorded is None else recorded
+        config = ClusterConfig.from_environment(args.run_dir, environ, defaults)
         supervisor = Supervisor(config)
         if args.command == "up":
-            up(config, supervisor, args.timeout)
+            up(config, recorded, defaults, args.timeout)
         elif args.command == "down":
             down(config, supervisor)
         elif args.command in ("stop", "start"):
             control(supervisor, args.command, args.programs)
         elif args.command == "restart":
+            warn(config, recorded, defaults)
             restart(supervisor, args.programs or list(config.replica_ports), args.timeout)
         elif args.command == "status":
-            return 0 if status(config, supervisor) else 1
+            return 0 if status(config, supervisor, recorded, defaults) else 1
         elif args.command == "logs":
             logs(config, supervisor, args.lines, args.follow)
         elif args.command == "describe":

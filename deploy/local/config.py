@@ -11,7 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from network import Layout, layout_settings
+from network import SETTINGS as NETWORK_SETTINGS
+from network import Layout, layout_environment, layout_settings
 from redis_servers import RedisLayout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,6 +20,29 @@ DEPLOY = ROOT / "deploy"
 DEFAULTS_FILE = DEPLOY / "defaults.env"
 SERVICE_DIR = ROOT / "services" / "chat"
 HOST = "127.0.0.1"
+# The Makefile's RUN_DIR: where a cluster's generated files, logs and settings go.
+DEFAULT_RUN_DIR = ROOT / ".run" / "local"
+
+# The cluster's own settings: each from the environment, else deploy/defaults.env.
+# CLUSTER_NETWORK and its delay and loss are network.py's (NETWORK_SETTINGS).
+CLUSTER_SETTINGS = (
+    "REPLICAS",
+    "LB_PORT",
+    "CHAT_PORT",
+    "REDIS_PORT",
+    "PROMETHEUS_PORT",
+    "CHAT_DRAIN_SECONDS",
+    "LB_WS_CONNECTIONS_PER_ADDRESS",
+    "LB_WS_HANDSHAKES_PER_SECOND",
+    "LB_WS_HANDSHAKE_BURST",
+    "REDIS_MAXMEMORY",
+    "REDIS_MAXMEMORY_POLICY",
+    "REDIS_SHARDS",
+    "REDIS_HA",
+    "REDIS_SENTINEL_PORT",
+    "REDIS_SENTINEL_DOWN_AFTER_MS",
+    "REDIS_APPENDONLY",
+)
 
 # Settings of the service that the cluster passes on to every replica when set.
 SERVICE_SETTINGS = (
@@ -50,6 +74,9 @@ SERVICE_SETTINGS = (
     "DJANGO_DEBUG",
 )
 
+# Every setting ClusterConfig reads from the environment, in the order `status` shows them.
+SETTINGS = (*CLUSTER_SETTINGS, *NETWORK_SETTINGS.values(), *SERVICE_SETTINGS)
+
 # Redis' own spellings (redis.conf's "memory units"), and the policies a chat can
 # live with: the README's Redis memory section says why volatile-lru is the default.
 REDIS_MEMORY_PATTERN = re.compile(r"\d+(b|k|kb|m|mb|g|gb)?", re.IGNORECASE)
@@ -80,8 +107,19 @@ def setting(name, defaults, environ):
     return environ.get(name) or defaults[name]
 
 
-def int_setting(name, defaults, environ, minimum=1, maximum=65535):
-    value = setting(name, defaults, environ)
+def resolve_settings(run_dir, environ, defaults):
+    """Every setting as the cluster of `run_dir` would run with it, as a string: from
+    `environ`, else the defaults (the network also from the run directory, as
+    network.layout_settings says). The SERVICE_SETTINGS only when set."""
+    return {
+        **{name: setting(name, defaults, environ) for name in CLUSTER_SETTINGS},
+        **layout_environment(layout_settings(run_dir, environ, defaults)),
+        **{name: environ[name] for name in SERVICE_SETTINGS if environ.get(name)},
+    }
+
+
+def int_setting(settings, name, minimum=1, maximum=65535):
+    value = settings[name]
     try:
         number = int(value)
     except ValueError:
@@ -91,15 +129,15 @@ def int_setting(name, defaults, environ, minimum=1, maximum=65535):
     return number
 
 
-def redis_memory_setting(defaults, environ):
-    value = setting("REDIS_MAXMEMORY", defaults, environ)
+def redis_memory_setting(settings):
+    value = settings["REDIS_MAXMEMORY"]
     if not REDIS_MEMORY_PATTERN.fullmatch(value):
         raise ClusterError(f"REDIS_MAXMEMORY must be a size such as 160mb, not {value!r}")
     return value
 
 
-def choice_setting(name, choices, defaults, environ):
-    value = setting(name, defaults, environ)
+def choice_setting(settings, name, choices):
+    value = settings[name]
     if value not in choices:
         raise ClusterError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
@@ -164,48 +202,48 @@ class ClusterConfig:
     service_settings: dict = field(default_factory=dict)
     # CLUSTER_NETWORK and its delay and loss (network.py).
     network_settings: dict = field(default_factory=lambda: {"mode": "loopback"})
+    # Every setting above as a string, by its name (resolve_settings); what `up` records.
+    settings: dict = field(default_factory=dict)
 
     @classmethod
     def from_environment(cls, run_dir, environ=os.environ, defaults=None):
+        """The cluster that `environ` asks for, else the defaults; `environ` may also be
+        the settings a run directory recorded (run_settings.py)."""
         defaults = read_defaults() if defaults is None else defaults
+        settings = resolve_settings(run_dir, environ, defaults)
         return cls(
             run_dir=Path(run_dir).resolve(),
-            replicas=int_setting("REPLICAS", defaults, environ, maximum=64),
-            lb_port=int_setting("LB_PORT", defaults, environ),
-            chat_port=int_setting("CHAT_PORT", defaults, environ),
-            redis_port=int_setting("REDIS_PORT", defaults, environ),
-            prometheus_port=int_setting("PROMETHEUS_PORT", defaults, environ),
+            replicas=int_setting(settings, "REPLICAS", maximum=64),
+            lb_port=int_setting(settings, "LB_PORT"),
+            chat_port=int_setting(settings, "CHAT_PORT"),
+            redis_port=int_setting(settings, "REDIS_PORT"),
+            prometheus_port=int_setting(settings, "PROMETHEUS_PORT"),
             readiness_path=defaults["READINESS_PATH"],
             lb_health_path=defaults["LB_HEALTH_PATH"],
             metrics_path=defaults["METRICS_PATH"],
-            drain_seconds=int_setting("CHAT_DRAIN_SECONDS", defaults, environ, minimum=0),
+            drain_seconds=int_setting(settings, "CHAT_DRAIN_SECONDS", minimum=0),
             # nginx refuses a limit_conn above 65535.
-            ws_connections_per_address=int_setting(
-                "LB_WS_CONNECTIONS_PER_ADDRESS", defaults, environ
-            ),
+            ws_connections_per_address=int_setting(settings, "LB_WS_CONNECTIONS_PER_ADDRESS"),
             ws_handshakes_per_second=int_setting(
-                "LB_WS_HANDSHAKES_PER_SECOND", defaults, environ, maximum=1_000_000
+                settings, "LB_WS_HANDSHAKES_PER_SECOND", maximum=1_000_000
             ),
             ws_handshake_burst=int_setting(
-                "LB_WS_HANDSHAKE_BURST", defaults, environ, minimum=0, maximum=1_000_000
+                settings, "LB_WS_HANDSHAKE_BURST", minimum=0, maximum=1_000_000
             ),
-            redis_maxmemory=redis_memory_setting(defaults, environ),
-            redis_shards=int_setting("REDIS_SHARDS", defaults, environ, maximum=16),
-            redis_ha=choice_setting("REDIS_HA", REDIS_HA_MODES, defaults, environ),
-            redis_sentinel_port=int_setting("REDIS_SENTINEL_PORT", defaults, environ),
+            redis_maxmemory=redis_memory_setting(settings),
+            redis_shards=int_setting(settings, "REDIS_SHARDS", maximum=16),
+            redis_ha=choice_setting(settings, "REDIS_HA", REDIS_HA_MODES),
+            redis_sentinel_port=int_setting(settings, "REDIS_SENTINEL_PORT"),
             redis_down_after_ms=int_setting(
-                "REDIS_SENTINEL_DOWN_AFTER_MS", defaults, environ, minimum=100, maximum=600_000
+                settings, "REDIS_SENTINEL_DOWN_AFTER_MS", minimum=100, maximum=600_000
             ),
-            redis_appendonly=choice_setting(
-                "REDIS_APPENDONLY", REDIS_APPENDONLY_MODES, defaults, environ
-            ),
+            redis_appendonly=choice_setting(settings, "REDIS_APPENDONLY", REDIS_APPENDONLY_MODES),
             redis_maxmemory_policy=choice_setting(
-                "REDIS_MAXMEMORY_POLICY", REDIS_MAXMEMORY_POLICIES, defaults, environ
+                settings, "REDIS_MAXMEMORY_POLICY", REDIS_MAXMEMORY_POLICIES
             ),
-            service_settings={
-                name: environ[name] for name in SERVICE_SETTINGS if environ.get(name)
-            },
-            network_settings=layout_settings(run_dir, environ, defaults),
+            service_settings={n: settings[n] for n in SERVICE_SETTINGS if n in settings},
+            network_settings=layout_settings(run_dir, settings, defaults),
+            settings=settings,
         )
 
     def __post_init__(self):

@@ -33,6 +33,12 @@ from pathlib import Path
 MODES = ("loopback", "netns")
 LOOPBACK = "127.0.0.1"
 STATE_FILE = "network.json"
+# The settings of this module, by their key in layout_settings().
+SETTINGS = {
+    "mode": "CLUSTER_NETWORK",
+    "delay_ms": "CLUSTER_REDIS_DELAY_MS",
+    "loss_percent": "CLUSTER_REDIS_LOSS_PERCENT",
+}
 # Host numbers in the subnet: the bridge, Redis shard N, replica N.
 BRIDGE_HOST, FIRST_REDIS_HOST, FIRST_REPLICA_HOST = 1, 2, 32
 IFNAMSIZ = 15  # the kernel's limit on an interface name
@@ -153,15 +159,11 @@ def layout_settings(run_dir, environ, defaults):
     environment, else as the running cluster of `run_dir` was made, else the defaults,
     so that `make status` and `make down` need not repeat them."""
     recorded = read_state(run_dir) or {}
-    names = {
-        "mode": "CLUSTER_NETWORK",
-        "delay_ms": "CLUSTER_REDIS_DELAY_MS",
-        "loss_percent": "CLUSTER_REDIS_LOSS_PERCENT",
-    }
     if environ.get("CLUSTER_NETWORK"):
         recorded = {}  # another mode: the rest from the environment or the defaults
     values = {
-        key: environ.get(name) or recorded.get(key) or defaults[name] for key, name in names.items()
+        key: environ.get(name) or recorded.get(key) or defaults[name]
+        for key, name in SETTINGS.items()
     }
     try:
         return {
@@ -171,6 +173,15 @@ def layout_settings(run_dir, environ, defaults):
         }
     except ValueError as error:
         raise NetworkError(f"CLUSTER_REDIS_DELAY_MS, CLUSTER_REDIS_LOSS_PERCENT: {error}") from None
+
+
+def layout_environment(settings):
+    """layout_settings' values as the environment spells them, by setting name."""
+    return {
+        "CLUSTER_NETWORK": settings["mode"],
+        "CLUSTER_REDIS_DELAY_MS": str(settings["delay_ms"]),
+        "CLUSTER_REDIS_LOSS_PERCENT": f"{settings['loss_percent']:g}",
+    }
 
 
 # --- The machine ---------------------------------------------------------------
