@@ -26,10 +26,20 @@ LOOPBACK_EDGE_LIMITS = {
 }
 
 
+def ephemeral_ports_start():
+    """The first port the kernel hands out to outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(count):
-    """A run of `count` consecutive free ports, so replicas can use CHAT_PORT + N - 1."""
+    """A run of `count` consecutive free ports, so replicas can use CHAT_PORT + N - 1.
+    Below the ephemeral range: a port free when chosen must not be taken, before its
+    server binds it, by the local end of a connection (a replica's to Redis, say)."""
     for _ in range(200):
-        base = random.randrange(20000, 45000)
+        base = random.randrange(20000, ephemeral_ports_start() - count)
         if all(port_is_free(port) for port in range(base, base + count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports")
