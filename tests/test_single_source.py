@@ -352,9 +352,12 @@ def test_the_sentinel_settings_are_the_same_in_every_runtime():
     assert server["ports"][0]["containerPort"] == port("REDIS_PORT")
     assert k8s_env(sentinel)["REDIS_SENTINEL_PORT"] == sentinel_port
     assert sentinel["ports"][0]["containerPort"] == int(sentinel_port)
-    assert f"-p {sentinel_port} sentinel ckquorum {masters}" in " ".join(
-        sentinel["readinessProbe"]["exec"]["command"]
-    )
+    assert sentinel["readinessProbe"]["exec"]["command"] == [
+        "sh",
+        "/scripts/redis-start.sh",
+        "sentinel-ready",
+    ]
+    assert k8s_env(sentinel)["REDIS_HOSTS"].count(",") == 2
     assert k8s_object("Service", "redis-sentinel", SENTINEL)["spec"]["ports"][0]["port"] == int(
         sentinel_port
     )

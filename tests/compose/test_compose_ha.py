@@ -4,6 +4,7 @@ acknowledged message and no history."""
 
 import asyncio
 import json
+import subprocess
 import time
 
 import pytest
@@ -22,7 +23,10 @@ MASTER = defaults()["REDIS_SENTINEL_MASTERS"].split(",")[0]
 READYZ = (
     "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8001/readyz').read().decode())"
 )
-PROMOTION_TIMEOUT_S = 30  # down-after 2 s, then the Sentinels' election and promotion
+# Down-after 2 s, then the Sentinels' election and promotion: 3-4 s. But a Sentinel whose
+# timer is held up over 2 s (the host stalled: seen here at the moment of `docker kill`)
+# enters TILT and does nothing for 30 s (Redis' Sentinel docs, "TILT mode"), then fails over.
+PROMOTION_TIMEOUT_S = 75
 ACK_TIMEOUT_S = 30
 REJOIN_TIMEOUT_S = 60
 
@@ -36,13 +40,23 @@ def ha_stack(engine):
 
 
 def primary(stack, sentinel="sentinel-1"):
-    """The "host:port" that a Sentinel names as the primary, or None."""
-    result = stack.compose(
-        "exec", "-T", sentinel, "redis-cli", "-p", defaults()["REDIS_SENTINEL_PORT"],
-        "sentinel", "get-master-addr-by-name", MASTER, timeout=30, check=False,
-    )  # fmt: skip
+    """The "host:port" that a Sentinel names as the primary, or None (also when it does
+    not answer within 10 s)."""
+    try:
+        result = stack.compose(
+            "exec", "-T", sentinel, "redis-cli", "-p", defaults()["REDIS_SENTINEL_PORT"],
+            "sentinel", "get-master-addr-by-name", MASTER, timeout=10, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
     address = result.stdout.split()
     return ":".join(address) if result.returncode == 0 and len(address) == 2 else None
+
+
+def sentinel_logs(stack):
+    return stack.compose(
+        "logs", "--no-color", "sentinel-1", "sentinel-2", "sentinel-3", timeout=60, check=False
+    ).stdout.splitlines()
 
 
 def container_health(stack, container):
@@ -134,7 +148,10 @@ async def test_a_failover_loses_no_acknowledged_message_and_no_history(ha_stack)
             break
         await asyncio.sleep(0.2)
     promoted_s = time.monotonic() - killed
-    assert new not in (None, old), f"no Sentinel named a new primary in {PROMOTION_TIMEOUT_S} s"
+    tilts = [line for line in sentinel_logs(ha_stack) if "+tilt" in line]
+    assert new not in (None, old), (
+        f"no Sentinel named a new primary in {PROMOTION_TIMEOUT_S} s; TILT: {tilts}"
+    )
     assert new.split(":")[0] in SERVERS
 
     second, refusals = await acknowledged(sender, "after", "r-after", ACK_TIMEOUT_S)
@@ -162,7 +179,8 @@ async def test_a_failover_loses_no_acknowledged_message_and_no_history(ha_stack)
     # down. Started again, redis-start.sh asks the Sentinels and it rejoins as a replica.
     state = json.loads(ha_stack.docker("inspect", container["ID"]).stdout)[0]
     print(
-        f"\nfailover: {old} killed, {new} named after {promoted_s:.1f} s, the next message "
+        f"\nfailover: {old} killed, {new} named after {promoted_s:.1f} s ({len(tilts)} TILT),"
+        " the next message "
         f"acknowledged after {acked_s:.1f} s ({refusals} unavailable) and delivered live; "
         f"the killed container was {state['State']['Status']}, restarted "
         f"{state['RestartCount']} times"

@@ -3,8 +3,9 @@
 # docker-compose.ha.yml) and Kubernetes (k8s/components/redis-start/ holds a copy that
 # tests/test_single_source.py keeps identical).
 #
-#   redis-start.sh server     redis-server; with REDIS_SENTINELS empty a lone Redis
-#   redis-start.sh sentinel   redis-server --sentinel, its config written to SENTINEL_DIR
+#   redis-start.sh server          redis-server; with REDIS_SENTINELS empty a lone Redis
+#   redis-start.sh sentinel        redis-server --sentinel, its config written to SENTINEL_DIR
+#   redis-start.sh sentinel-ready  exit 0 once this Sentinel could fail the primary over
 #
 # A server's role is decided at every start, as bitnami/charts' redis start-node.sh does:
 # a replica of the primary the Sentinels name, the primary if they name this server. If no
@@ -116,8 +117,22 @@ EOF
     exec redis-server "$dir/sentinel.conf" --sentinel
 }
 
+# The Sentinel's health check and readiness probe: enough Sentinels answer to authorise a
+# failover (ckquorum), and this one knows every replica. It learns of them from the
+# primary's INFO, every 10 s; until then it has no replica to promote, and a primary lost
+# meanwhile stays lost.
+sentinel_ready() {
+    : "${REDIS_HOSTS:?}" "${REDIS_SENTINEL_PORT:?}"
+    redis-cli -p "$REDIS_SENTINEL_PORT" --raw SENTINEL ckquorum "$MASTER" | grep -q '^OK' || exit 1
+    # shellcheck disable=SC2046  # one word a host
+    set -- $(words "$REDIS_HOSTS")
+    replicas=$(redis-cli -p "$REDIS_SENTINEL_PORT" --raw SENTINEL replicas "$MASTER" | grep -cx name)
+    [ "$replicas" -ge $(($# - 1)) ]
+}
+
 case "${1:-}" in
     server) server ;;
     sentinel) sentinel ;;
-    *) log "usage: $0 server|sentinel"; exit 2 ;;
+    sentinel-ready) sentinel_ready ;;
+    *) log "usage: $0 server|sentinel|sentinel-ready"; exit 2 ;;
 esac
