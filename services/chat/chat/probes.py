@@ -50,17 +50,11 @@ class ProbeEndpoints:
             await self.respond(send, 200, body)
         elif path == READINESS_PATH:
             replica = current()
-            redis = await redis_states(replica.redis_servers, replica.name)
-            draining = replica.draining  # after the pings: a drain begun meanwhile counts
-            ready, status = readiness(redis, draining)
-            metrics.ready.set(ready)
+            ready, status, redis = await check_readiness(replica)
             body = {"status": status, "replica": replica.name, "redis": redis}
             await self.respond(send, 200 if ready else 503, body)
         elif path == METRICS_PATH:
-            replica = current()
-            # Fresh chat_redis_* and chat_ready gauges.
-            redis = await redis_states(replica.redis_servers, replica.name)
-            metrics.ready.set(readiness(redis, replica.draining)[0])
+            await check_readiness(current())  # fresh chat_redis_* and chat_ready gauges
             await self.metrics_app(scope, receive, self.with_replica_header(send))
         else:
             await self.application(scope, receive, self.with_replica_header(send))
@@ -77,6 +71,16 @@ class ProbeEndpoints:
             await send(message)
 
         return send_with_header
+
+
+async def check_readiness(replica):
+    """(ready, status, redis states) of the replica now, kept in the chat_redis_* and
+    chat_ready gauges."""
+    redis = await redis_states(replica.redis_servers, replica.name)
+    draining = replica.draining  # after the pings: a drain begun meanwhile counts
+    ready, status = readiness(redis, draining)
+    metrics.ready.set(ready)
+    return ready, status, redis
 
 
 def readiness(redis, draining):
