@@ -43,10 +43,14 @@ def replica_gauges(cluster, metrics):
     return values
 
 
+def prometheus_api(cluster, path):
+    """The "data" of the cluster's Prometheus' answer to /api/v1/<path> ("rules", ...)."""
+    status, _, body = get(f"http://127.0.0.1:{cluster.prometheus_port}/api/v1/{path}")
+    assert status == 200, body
+    return json.loads(body)["data"]
+
+
 def prometheus_query(cluster, query):
     """The instant vector of a PromQL query on the cluster's Prometheus: a list of
     {"metric": labels, "value": [time, "value"]}."""
-    url = f"http://127.0.0.1:{cluster.prometheus_port}/api/v1/query?" + urlencode({"query": query})
-    status, _, body = get(url)
-    assert status == 200, body
-    return json.loads(body)["data"]["result"]
+    return prometheus_api(cluster, "query?" + urlencode({"query": query}))["result"]

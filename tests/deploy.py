@@ -13,6 +13,9 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import yaml
+from prometheus_client import REGISTRY
+
+from chat import metrics  # noqa: F401 - registers the service's metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,6 +159,30 @@ def k8s_config_file(config_map_prefix, file_name):
 
 
 @cache
+def alert_rules():
+    """Every rule of deploy/prometheus/alerts.yml, over its groups."""
+    groups = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+# The series prometheus_client exports for a metric family, by its type.
+SERIES_SUFFIXES = {
+    "counter": ("total",),
+    "histogram": ("bucket", "count", "sum"),
+    "info": ("info",),
+}
+
+
+def service_series():
+    """Every series name the chat service's metrics (chat.metrics, registered on import)
+    can export."""
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        names.update(f"{family.name}_{suffix}" for suffix in SERIES_SUFFIXES.get(family.type, ()))
+    return names
+
+
 def service_settings_read():
     """The environment variables the chat service's settings read, over the settings' branches."""
     code = "import json, chatsite.settings as s; print(json.dumps(sorted(s.ENVIRONMENT_VARIABLES)))"

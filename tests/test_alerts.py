@@ -6,11 +6,16 @@ import shutil
 import subprocess
 
 import yaml
-from prometheus_client import REGISTRY
 
-from chat import metrics  # noqa: F401 - registers the service's metrics
-
-from .deploy import ROOT, compose, k8s_config_file, load_local_cluster, load_local_rendering
+from .deploy import (
+    ROOT,
+    alert_rules,
+    compose,
+    k8s_config_file,
+    load_local_cluster,
+    load_local_rendering,
+    service_series,
+)
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "alerts.yml"
@@ -22,12 +27,6 @@ PROMQL_WORDS = {"sum", "rate", "increase", "or", "absent", "unless", "and", "his
 def promtool(*arguments, cwd=PROMETHEUS_DIR):
     assert PROMTOOL, "promtool is missing: make deps installs Debian's prometheus"
     return subprocess.run([PROMTOOL, *arguments], capture_output=True, text=True, cwd=cwd)
-
-
-def alert_rules():
-    return [
-        rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
-    ]
 
 
 def test_promtool_accepts_the_rules():
@@ -61,21 +60,9 @@ def test_every_alert_has_a_unit_test_a_severity_and_a_runbook():
         assert f"| `{rule['alert']}` |" in (ROOT / "README.md").read_text(), rule["alert"]
 
 
-def exported_series():
-    """Every series name the service's registry can export."""
-    names = set()
-    for family in REGISTRY.collect():
-        names.add(family.name)
-        if family.type == "counter":
-            names.add(f"{family.name}_total")
-        if family.type == "histogram":
-            names.update(f"{family.name}_{suffix}" for suffix in ("bucket", "count", "sum"))
-    return names
-
-
 def test_every_series_an_alert_reads_is_one_the_service_exports():
     """Tests that a renamed metric cannot leave an alert silently watching nothing."""
-    exported = exported_series()
+    exported = service_series()
     for rule in alert_rules():
         # Without label matchers, ranges, strings and label lists, what is left are
         # functions, operators and series.

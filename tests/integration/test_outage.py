@@ -2,24 +2,16 @@
 own Prometheus raises the alerts of deploy/prometheus/alerts.yml, and nginx's readiness
 (LB_READINESS_PATH) fails while no replica is ready."""
 
-import json
 import time
 
 import pytest
-import yaml
 
-from harness.http import get
+from harness.http import get, prometheus_api
 
-from ..deploy import ROOT, defaults
+from ..deploy import alert_rules, defaults
 from .conftest import start_cluster
 
-ALERTS = {
-    rule["alert"]
-    for group in yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())[
-        "groups"
-    ]
-    for rule in group["rules"]
-}
+ALERTS = {rule["alert"] for rule in alert_rules()}
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +19,6 @@ def outage_cluster(tmp_path_factory):
     cluster = start_cluster(tmp_path_factory, "outage", replicas=3, CHAT_DRAIN_SECONDS="2")
     yield cluster
     assert not cluster.down()
-
-
-def prometheus(cluster, path):
-    status, _, body = get(f"http://127.0.0.1:{cluster.prometheus_port}/api/v1/{path}")
-    assert status == 200, body
-    return json.loads(body)["data"]
 
 
 def wait_for(what, check, seconds=60):
@@ -44,7 +30,9 @@ def wait_for(what, check, seconds=60):
 
 
 def evaluated_rules(cluster):
-    rules = [rule for group in prometheus(cluster, "rules")["groups"] for rule in group["rules"]]
+    rules = [
+        rule for group in prometheus_api(cluster, "rules")["groups"] for rule in group["rules"]
+    ]
     if all(rule["lastEvaluation"] > "2000" for rule in rules):
         return rules
     return None
@@ -54,7 +42,7 @@ def raised(cluster):
     """{(alert, instance)} of the alerts pending or firing now."""
     return {
         (alert["labels"]["alertname"], alert["labels"].get("instance"))
-        for alert in prometheus(cluster, "alerts")["alerts"]
+        for alert in prometheus_api(cluster, "alerts")["alerts"]
     }
 
 
