@@ -48,6 +48,13 @@ window.WebSocket = class extends window.WebSocket {
 };
 """
 
+# Run before the page's own scripts: records every violation of the page's policy.
+CSP_PROBE = """
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', (e) =>
+    window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));
+"""
+
 
 class ChatPage:
     """One person's tab: a browser context of its own (its own name in localStorage)."""

@@ -3,12 +3,7 @@ its own: Playwright's sync API and the asyncio tests of test_edge.py do not shar
 
 from playwright.sync_api import expect
 
-# Run before the page's own scripts: records every violation of the page's policy.
-CSP_PROBE = """
-window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', (e) =>
-    window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));
-"""
+from harness.browser import CSP_PROBE
 
 
 def test_the_room_page_works_under_its_policy_in_chromium(browser, cluster):

@@ -8,6 +8,7 @@ import secrets
 import pytest
 from playwright.sync_api import expect
 
+from harness.browser import CSP_PROBE
 from harness.paths import ROOT
 
 SHOTS = ROOT / "test-results" / "pages"
@@ -17,12 +18,6 @@ VIEWPORTS = {
     "half-laptop": {"width": 900, "height": 700},
     "laptop": {"width": 1280, "height": 800},
 }
-# Run before the page's own scripts: every policy violation and uncaught error.
-PROBE = """
-window.__problems = [];
-document.addEventListener('securitypolicyviolation', (e) =>
-    window.__problems.push('csp ' + e.violatedDirective + ' ' + e.blockedURI));
-"""
 LONG_WORD = "x" * 300
 SIDEWAYS_SCROLLERS = """
 Array.from(document.querySelectorAll('body *'))
@@ -38,7 +33,7 @@ class Person:
 
     def __init__(self, browser, viewport):
         self.context = browser.new_context(viewport=viewport)
-        self.context.add_init_script(PROBE)
+        self.context.add_init_script(CSP_PROBE)
         self.page = self.context.new_page()
         self.problems = []
         self.page.on(
@@ -54,7 +49,7 @@ class Person:
         # Nor inside the page: no scrolling box (the messages) scrolls sideways.
         sideways = self.page.evaluate(SIDEWAYS_SCROLLERS)
         assert sideways == [], sideways
-        assert self.page.evaluate("window.__problems") == []
+        assert self.page.evaluate("window.__cspViolations") == []
         assert self.problems == []
 
     def expect_live(self):
