@@ -1,15 +1,15 @@
 """Which Redis shard of a cluster carries a room, by the chat's one sharding policy
-(chat.channel_layer.shard_of): for tests and drills that need rooms on each shard."""
+(the channel layer's shard_of): for tests and drills that need rooms on each shard."""
 
-from chat.channel_layer import ChatChannelLayer, shard_of
+from chat.channel_layer import PubSubChannelLayer
 from chat.protocol import room_group_name
 
 
 def room_shard(cluster, room):
     """The index (0-based) of the cluster's Redis shard that carries `room`."""
     hosts = [f"redis://127.0.0.1:{port}/0" for port in cluster.redis_ports]
-    layer = ChatChannelLayer(hosts=hosts)
-    return shard_of(layer, room_group_name(room), cluster.redis_shards)
+    layer = PubSubChannelLayer(hosts=hosts)
+    return layer.shard_of(room_group_name(room), cluster.redis_shards)
 
 
 def rooms_per_shard(cluster, names, per_shard):

@@ -5,7 +5,7 @@ import asyncio
 
 from redis import asyncio as aioredis
 
-from chat.channel_layer import ChatChannelLayer
+from chat.channel_layer import PubSubChannelLayer
 
 
 async def drop_connection(redis_url, pubsub):
@@ -24,7 +24,7 @@ async def test_the_layer_says_when_it_hears_again_after_losing_redis(cluster):
     than `since`, returns once it has been dropped and made again (redis-py subscribes
     anew), and that a message sent then is received."""
     redis_url = cluster.describe()["redis_url"]
-    layer = ChatChannelLayer(hosts=[redis_url])
+    layer = PubSubChannelLayer(hosts=[redis_url])
     loop = asyncio.get_running_loop()
     try:
         channel = await layer.new_channel()

@@ -2,9 +2,9 @@
 
 from redis import asyncio as aioredis
 
-from chat.channel_layer import ChatChannelLayer
-from chat.history import RedisHistory
-from chat.protocol import GAP_RESET
+from chat.broker import HistoryLimits, PublishRequest, RedisBroker
+from chat.channel_layer import PubSubChannelLayer
+from chat.protocol import GAP_RESET, StreamPosition
 
 
 async def test_a_room_whose_state_was_evicted_replays_nothing_of_its_stream(cluster):
@@ -12,15 +12,17 @@ async def test_a_room_whose_state_was_evicted_replays_nothing_of_its_stream(clus
     catching up from its position is sent nothing again (the stream's ids belong to
     no epoch any more) and a resuming client is told its messages are lost."""
     redis_url = cluster.describe()["redis_url"]
-    history = RedisHistory(ChatChannelLayer(hosts=[redis_url]), [redis_url], 100, 3600, 20)
+    layer = PubSubChannelLayer(hosts=[redis_url])
+    broker = RedisBroker(layer, [{"address": redis_url}], HistoryLimits(100, 3600, 20))
     room = "evicted-state"
     for number in range(3):
-        published = await history.publish(room, f"m{number}", "Ada", "chat-9")
+        published = await broker.publish(PublishRequest(room, f"m{number}", "Ada", "chat-9"))
     raw = aioredis.Redis.from_url(redis_url)
-    await raw.delete(history.keys(room)[1])  # the state hash, as an eviction would
+    await raw.delete(broker.keys(room)[1])  # the state hash, as an eviction would
 
-    catching_up = await history.replay(room, published.epoch, published.id)
-    assert (catching_up.epoch, catching_up.frames, catching_up.gap) == (None, [], GAP_RESET)
-    resuming = await history.replay(room, published.epoch, 1)
+    catching_up = await broker.replay(room, StreamPosition(published.epoch, published.id))
+    assert catching_up.position.epoch is None
+    assert (catching_up.frames, catching_up.gap) == ([], GAP_RESET)
+    resuming = await broker.replay(room, StreamPosition(published.epoch, 1))
     assert (resuming.frames, resuming.gap) == ([], GAP_RESET)
     await raw.aclose()

@@ -5,9 +5,9 @@ import asyncio
 
 from redis import asyncio as aioredis
 
-from chat.channel_layer import ChatChannelLayer
-from chat.history import RedisHistory
-from chat.protocol import chat_event, room_group_name
+from chat.broker import HistoryLimits, PublishRequest, RedisBroker
+from chat.channel_layer import PubSubChannelLayer
+from chat.protocol import StreamPosition, chat_event, room_group_name
 
 ROOM = "wire-format"
 
@@ -16,19 +16,20 @@ async def test_the_layer_decodes_what_the_publish_script_publishes(cluster):
     """Tests that a message published by the script reaches a layer consumer as the
     chat event, field for field and type for type."""
     redis_url = cluster.describe()["redis_url"]
-    layer = ChatChannelLayer(hosts=[redis_url])
-    history = RedisHistory(layer, [redis_url], max_length=10, max_age=60, on_join=5)
+    layer = PubSubChannelLayer(hosts=[redis_url])
+    broker = RedisBroker(layer, [{"address": redis_url}], HistoryLimits(10, 60, 5))
     channel = await layer.new_channel()
     await layer.group_add(room_group_name(ROOM), channel)
     raw = aioredis.Redis.from_url(redis_url)
     async with raw.pubsub() as pubsub:
         await pubsub.subscribe(layer.group_channel(room_group_name(ROOM)))
         await pubsub.get_message(timeout=5)  # the subscription's confirmation
-        published = await history.publish(ROOM, "hello é", "Ada", "chat-9", ref="wire-1")
+        request = PublishRequest(ROOM, "hello é", "Ada", "chat-9", ref="wire-1")
+        published = await broker.publish(request)
         payload = (await pubsub.get_message(timeout=5))["data"]
     received = await asyncio.wait_for(layer.receive(channel), 5)
 
-    replay = await history.replay(ROOM, published.epoch, published.id - 1)
+    replay = await broker.replay(ROOM, StreamPosition(published.epoch, published.id - 1))
     [(message_id, frame)] = replay.frames
     expected = chat_event(frame, published.id, published.epoch, received["sent_at"])
     assert received == expected

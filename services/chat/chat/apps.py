@@ -1,19 +1,25 @@
 from channels.layers import get_channel_layer
 from django.apps import AppConfig
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from . import metrics, redis_connections
-from .channel_layer import ChatChannelLayer
+from .channel_layer import ChatLayer
 from .replica import Replica
 
 
 class ChatConfig(AppConfig):
     name = "chat"
+    replica: Replica
 
-    def ready(self):
+    def ready(self) -> None:
         channel_layer = get_channel_layer()
-        if isinstance(channel_layer, ChatChannelLayer):
-            channel_layer.check_internals()  # fail at start-up, not on the first message
+        if not isinstance(channel_layer, ChatLayer):
+            raise ImproperlyConfigured(
+                "CHANNEL_LAYERS['default'] must be one of chat.channel_layer's layers,"
+                f" not {type(channel_layer).__name__}"
+            )
+        channel_layer.check_internals()  # fail at start-up, not on the first message
         redis_connections.check_internals()
         self.replica = Replica.from_settings(channel_layer)
         metrics.watch_resources(self.replica.resources)

@@ -1,11 +1,14 @@
 """The chat consumer: the tutorial's AsyncWebsocketConsumer, made to recover. Every
 message has an id; a joining or resuming client gets the room's history first; live
-messages are sent in id order, each once (chat.recovery decides, this carries out).
+messages are sent in id order, each once. The replica's fan-out (chat.fanout) decides
+which live messages are sent at once and which reach this consumer's queue; the
+cursor (chat.recovery) decides what to send; this carries the decisions out.
 The sync consumer of the tutorial, kept for benchmarks, is in chat.sync_consumers.
 """
 
 import asyncio
 import contextlib
+from typing import Any
 
 from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
@@ -13,19 +16,21 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import metrics, protocol
-from .channel_layer import LAYER_ERRORS, attach, detach
-from .recovery import Action, Cursor
-from .room import WRITE_FLOW, RoomMember
+from .channel_layer import LAYER_ERRORS, Event
+from .fanout import FanOut, Subscription
+from .membership import Refusal, RoomMember
+from .protocol import StreamPosition
+from .recovery import Action, Frame, Replay
+from .retry import Backoff, retry
+from .write_flow import write_flow_of
 
 # A gap the history could not fill at once is retried: 0.2 s, doubling to 5 s, ~1 min.
-CATCH_UP_ATTEMPTS = 15
-CATCH_UP_FIRST_DELAY = 0.2
-CATCH_UP_MAX_DELAY = 5
+CATCH_UP_BACKOFF = Backoff(first_delay=0.2, max_delay=5.0, attempts=15)
 
 DUMMY_DATABASE = "django.db.backends.dummy"
 
 
-def uses_database():
+def uses_database() -> bool:
     """Whether a real database is configured. Not `bool(settings.DATABASES)`: the first
     time anything asks for a connection, Django fills an empty DATABASES with a dummy
     default, in place."""
@@ -35,40 +40,24 @@ def uses_database():
     )
 
 
-class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
+class ChatConsumer(RoomMember, AsyncWebsocketConsumer):  # type: ignore[misc]
     consumer_kind = "async"
     recovers_history = True
     keeps_presence = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cursor = Cursor()
-        # Live delivery and catch_up() both send from the history; one at a time.
-        self.delivery_lock = asyncio.Lock()
-        self.catch_up_task = None
+        self.subscription: Subscription | None = None
+        self.catch_up_task: asyncio.Task[None] | None = None
         self.closes_database_connections = uses_database()
-        # Fan-out (deliver_now) from the end of connect(), once its queue is handled,
-        # and not while a client's message is published: its ack goes before its echo.
-        self.inbox = None
-        self.live = False
-        self.publishing = False
 
     @property
-    def write_flow(self):
-        return (self.scope.get("extensions") or {}).get(WRITE_FLOW)
+    def fan_out(self) -> FanOut:
+        return self.replica.fan_out
 
-    async def send_in_turn(self, frame):
-        """Sends a chat frame once the socket can take it, so that a client's pace holds
-        back its own deliveries (a slow one's wait in its bounded queue from Redis);
-        False if the connection closed first (past CHAT_SEND_TIMEOUT, 4008)."""
-        write_flow = self.write_flow
-        waiting = write_flow.writable() if write_flow is not None else None
-        if waiting is not None and not await waiting:
-            return False
-        await self.send(text_data=frame)
-        return True
-
-    async def send(self, text_data=None, bytes_data=None, close=False):
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
         # Daphne (autobahn) raises Disconnected on a send to a socket whose client has
         # begun to close. Nothing reaches that client any more; raised, it would end
         # the consumer before the frames still queued, such as a message the client
@@ -76,183 +65,156 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         with contextlib.suppress(Disconnected):
             await super().send(text_data, bytes_data, close)
 
-    async def dispatch(self, message):
+    async def dispatch(self, message: Event) -> None:
         try:
             await self.handle(message)
         finally:
-            if self.inbox is not None and not message["type"].startswith("websocket."):
-                self.inbox.handled()  # a message from the channel layer's queue
+            if not message["type"].startswith("websocket."):
+                self.fan_out.handled(self.subscription)  # a message from its inbox
 
-    async def handle(self, message):
+    async def handle(self, message: Event) -> None:
         # Channels' dispatch first closes stale database connections, a hop to the
         # sync thread per message. With no database there is nothing to close.
         # tests check that this is still Channels' dispatch without that hop.
         if self.closes_database_connections:
-            return await super().dispatch(message)
+            await super().dispatch(message)
+            return
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    async def connect(self):
-        self.resolve_room()
-        subprotocol, headers = self.accept_arguments()
-        refusal = self.refusal()
-        if refusal:
-            # Accept first, so that the client can read why it is refused.
-            await self.refuse(subprotocol, headers, *refusal)
+    async def connect(self) -> None:
+        refusal = self.admit()
+        if refusal is not None:
+            await self.refuse(refusal)
             return
         try:
-            epoch, last_id = protocol.resume_position(self.scope.get("query_string", b""))
+            since = protocol.resume_position(self.scope.get("query_string", b""))
             resume_error = None
         except protocol.ProtocolError as error:
-            (epoch, last_id), resume_error = (None, None), error
-            self.count_error(error)
-
-        # Join room group before reading its history: a message published in
-        # between then arrives live, after the replay, and is skipped by its id.
-        history = self.replica.history
+            since, resume_error = None, error
+            metrics.errors.labels(error.code).inc()
         try:
-            await self.channel_layer.group_add(self.room_group_name, self.channel_name)
-            self.inbox = attach(self.channel_layer, self.room_group_name, self.channel_name, self)
-            replay = await history.replay(self.room_name, epoch, last_id)
+            replay = await self.join(since)
         except LAYER_ERRORS as error:
-            self.log_layer_error("join", error)
-            refusal = protocol.ProtocolError(protocol.UNAVAILABLE), protocol.CLOSE_TRY_AGAIN_LATER
-            await self.refuse(subprotocol, headers, *refusal)
+            await self.refuse(self.unavailable("join", error))
             return
 
-        await self.accept(subprotocol, headers)
+        await self.accept(self.subprotocol, self.accept_headers())
         self.count_join()
-        if subprotocol:
-            await self.send(text_data=self.welcome())
+        for frame in self.welcome():
+            await self.send(text_data=frame)
         if resume_error:
             await self.send(text_data=resume_error.frame())
         await self.send_replay(replay)
+        await self.join_presence()
+        assert self.subscription is not None  # joined
+        self.fan_out.go_live(self.subscription)
+
+    async def join(self, since: StreamPosition | None) -> Replay:
+        """Subscribes to the fan-out, then joins the room's group, then reads its history:
+        a message published in between arrives live, after the replay, and is skipped
+        by its id."""
+        assert self.room_group_name is not None  # admitted
+        group_channel = self.channel_layer.group_channel(self.room_group_name)
+        writer = write_flow_of(self.scope)
+        self.subscription = self.fan_out.subscribe(self.channel_name, group_channel, writer)
+        await self.join_group()
+        return await self.replica.broker.replay(self.room_name, since)
+
+    async def join_presence(self) -> None:
         try:
             await self.replica.start_maintenance()
         except LAYER_ERRORS as error:
             self.log_layer_error("heartbeat", error)
-        presence = self.replica.presence
         try:
             # The list once, to the joiner; the room hears a diff (chat.presence). The
             # join is recorded even if the list cannot be read: the leave will be.
+            presence = self.replica.presence
             snapshot = await presence.join(self.room_name, self.channel_name, self.name)
             if self.subprotocol:
                 await self.send(text_data=snapshot)
         except LAYER_ERRORS as error:
             self.log_layer_error("presence_join", error)
-        self.live = True
 
-    async def leave_unfinished(self):
-        await self.disconnect(None)
+    async def refuse(self, refusal: Refusal) -> None:
+        await self.accept(self.subprotocol, self.accept_headers())
+        if refusal.error:
+            await self.send(text_data=refusal.error.frame())
+        await self.close(code=refusal.code)
 
-    async def refuse(self, subprotocol, headers, error, code):
-        await self.accept(subprotocol, headers)
-        if error:
-            await self.send(text_data=error.frame())
-        await self.close(code=code)
-
-    async def disconnect(self, close_code):
+    async def disconnect(self, close_code: int | None) -> None:
         if self.catch_up_task is not None:
             self.catch_up_task.cancel()
         was_joined = self.joined
         self.count_leave()
-        self.live = False
-        # Leave room group
-        if self.room_group_name:
-            detach(self.channel_layer, self.room_group_name, self.channel_name)
-            presence = self.replica.presence
+        if self.subscription is not None:
+            self.fan_out.unsubscribe(self.subscription)
+        await self.leave_group()
+        if was_joined:
             try:
-                await self.channel_layer.group_discard(self.room_group_name, self.channel_name)
-                if was_joined:
-                    await presence.leave(self.room_name, self.channel_name)
+                await self.replica.presence.leave(self.room_name, self.channel_name)
             except LAYER_ERRORS as error:
-                self.log_layer_error("group_discard", error)
+                self.log_layer_error("presence_leave", error)
+
+    async def leave_unfinished(self) -> None:
+        await self.disconnect(None)
+
+    async def finish(self) -> None:
+        if self.subscription is not None:
+            self.fan_out.unsubscribe(self.subscription)
+        await super().finish()
 
     # Receive message from WebSocket
-    async def receive(self, text_data=None, bytes_data=None):
-        accepted, error = self.parse(text_data, bytes_data)
-        if error:
-            await self.send(text_data=error.frame())
-            return
-        message, ref = accepted
-        self.publishing = True
-        try:
-            await self.publish(message, ref)
-        finally:
-            self.publishing = False
-
-    async def publish(self, message, ref):
-        # Store, number and send to room group in one step
-        try:
-            with metrics.group_send_duration.time():
-                published = await self.replica.history.publish(
-                    *self.publish_arguments(message, ref)
-                )
-            metrics.group_sends.inc()
-        except LAYER_ERRORS as error:
-            self.log_layer_error("publish", error)
-            await self.send(text_data=protocol.ProtocolError(protocol.UNAVAILABLE, ref).frame())
-            return
-        if ref is not None:
-            await self.send(text_data=self.ack(ref, published))
-
-    def deliver_now(self, event, shared):
-        """A room's message, offered by the channel layer's fan-out as it arrives from
-        Redis, before Channels' queue and dispatch: sent at once, framed once for the
-        whole room, when nothing of this connection's is still on its way (its order
-        holds) and its socket can take it; True if taken. Anything else, and every
-        other kind of event, is left to the queue and chat_message()."""
-        if not self.live or event["type"] != "chat.message":
-            return False
-        if self.inbox.unhandled or self.delivery_lock.locked() or self.publishing:
-            return False
-        write_flow = self.write_flow
-        if write_flow is None or not write_flow.ready_to_write():
-            return False
-        decision = self.cursor.decide(event["id"], event["epoch"])
-        if decision.action is Action.SKIP:
-            metrics.duplicates_skipped.inc()
-            return True
-        if decision.action is Action.FILL_GAP or not write_flow.send_shared(event["frame"], shared):
-            return False
-        self.cursor.sent(event["id"])
-        self.count_delivery(event)
-        return True
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        with self.fan_out.publishing(self.subscription):
+            reply = await self.answer(text_data, bytes_data)
+            if reply is not None:
+                await self.send(text_data=reply)
 
     # Receive message from room group
-    async def chat_message(self, event):
-        async with self.delivery_lock:
-            decision = self.cursor.decide(event["id"], event["epoch"])
+    async def chat_message(self, event: Event) -> None:
+        """A room's message that the fan-out put in this consumer's queue."""
+        subscription = self.subscription
+        if subscription is None:
+            return
+        async with subscription.sending:
+            decision = subscription.decide(event)
             if decision.action is Action.SKIP:
-                metrics.duplicates_skipped.inc()
                 return
-            if decision.action is Action.FILL_GAP:
-                # Missed while this replica was cut off from Redis: from the history.
-                missed = await self.history_between(decision.after_id, event["id"])
-                if missed is None:
-                    # The history cannot be read now: send nothing out of order; the
-                    # catch-up sends this message too, after the missing ones.
-                    self.schedule_catch_up()
-                    return
-                if not await self.send_frames(missed):
-                    return
+            # Missed while this replica was cut off from Redis: from the history.
+            filled = decision.action is not Action.FILL_GAP or await self.fill_gap(
+                decision.after_id, event["id"]
+            )
+            if not filled:
+                return
             # Send message to WebSocket
             if not await self.send_in_turn(event["frame"]):
                 return
-            self.cursor.sent(event["id"])
-        self.count_delivery(event)
+            subscription.delivered(event)
 
-    async def channel_overflow(self, event):
+    async def send_in_turn(self, frame: str) -> bool:
+        """Sends a chat frame once the socket can take it, so that a client's pace holds
+        back its own deliveries (a slow one's wait in its bounded queue from Redis);
+        False if the connection closed first (past CHAT_SEND_TIMEOUT, 4008)."""
+        writer = write_flow_of(self.scope)
+        waiting = writer.writable() if writer is not None else None
+        if waiting is not None and not await waiting:
+            return False
+        await self.send(text_data=frame)
+        return True
+
+    async def channel_overflow(self, event: Event) -> None:
         """Sent by the channel layer when this consumer's queue passed its bound."""
-        if self.write_flow is not None:
-            self.write_flow.close_slow_consumer("queue")  # counts it, unless closing
+        writer = write_flow_of(self.scope)
+        if writer is not None:
+            writer.close_slow_consumer("queue")  # counts it, unless closing
             return
         metrics.slow_consumer_disconnects.labels("queue").inc()
         await self.close(code=protocol.CLOSE_SLOW_CONSUMER)
 
-    async def presence_update(self, event):
+    async def presence_update(self, event: Event) -> None:
         # The tutorial's client prints every frame's "message": chat.v1 clients only.
         if not self.subprotocol:
             return
@@ -268,52 +230,64 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
 
     # Recovery
 
-    async def send_frames(self, frames):
+    async def send_frames(self, frames: list[Frame]) -> bool:
         """Sends frames of the history in turn; False if the connection closed first."""
+        assert self.subscription is not None  # joined
         for message_id, frame in frames:
             if not await self.send_in_turn(frame):
                 return False
-            self.cursor.sent(message_id)
-            metrics.messages_replayed.inc()
+            self.subscription.replayed(message_id)
         return True
 
-    async def send_replay(self, replay):
-        frames = self.cursor.start(replay)
+    async def send_replay(self, replay: Replay) -> None:
+        assert self.subscription is not None  # joined
+        frames = self.subscription.cursor.start(replay)
         await self.send_frames(frames)
         if replay.gap != protocol.GAP_NONE:
             metrics.history_gaps.labels(replay.gap).inc()
         if self.subprotocol:
-            frame = protocol.history_frame(replay.epoch, replay.last_id, len(frames), replay.gap)
+            frame = protocol.history_frame(replay.position, len(frames), replay.gap)
             await self.send(text_data=frame)
 
-    async def history_between(self, after_id, before_id):
+    async def fill_gap(self, after_id: int, before_id: int) -> bool:
+        """Sends the frames after_id < id < before_id from the history; False if the
+        history cannot be read now (nothing is sent out of order: the catch-up sends
+        the message after them too) or the connection closed."""
+        missed = await self.history_between(after_id, before_id)
+        if missed is None:
+            self.schedule_catch_up()
+            return False
+        return await self.send_frames(missed)
+
+    async def history_between(self, after_id: int, before_id: int) -> list[Frame] | None:
         """The frames after_id < id < before_id from the history, or None if it cannot
         be read; a client is told (a "history" frame) of any it no longer holds."""
         try:
-            frames = await self.replica.history.between(self.room_name, after_id, before_id)
+            frames = await self.replica.broker.between(self.room_name, after_id, before_id)
         except LAYER_ERRORS as error:
             self.log_layer_error("history", error)
             return None
         if len(frames) < before_id - after_id - 1:
             metrics.history_gaps.labels("live").inc()
-            if self.subprotocol:
-                gap = protocol.history_frame(
-                    self.cursor.epoch, before_id - 1, len(frames), protocol.GAP_TRIMMED
-                )
+            if self.subprotocol and self.subscription is not None:
+                position = StreamPosition(self.subscription.cursor.epoch, before_id - 1)
+                gap = protocol.history_frame(position, len(frames), protocol.GAP_TRIMMED)
                 await self.send(text_data=gap)
         return frames
 
-    async def catch_up(self):
+    async def catch_up(self) -> None:
         """Sends what the room got while this replica could not hear it (Redis was
         unreachable or restarted): after Redis comes back (history_catch_up), and
         when a gap could not be filled at once (schedule_catch_up)."""
-        async with self.delivery_lock:
-            replay = await self.replica.history.replay(
-                self.room_name, self.cursor.epoch, self.cursor.last_id
-            )
-            await self.send_frames(self.cursor.catch_up(replay))
+        subscription = self.subscription
+        if subscription is None:
+            return
+        async with subscription.sending:
+            position = subscription.cursor.position
+            replay = await self.replica.broker.replay(self.room_name, position)
+            await self.send_frames(subscription.cursor.catch_up(replay))
 
-    async def history_catch_up(self, event):
+    async def history_catch_up(self, event: Event) -> None:
         """Sent by the replica after Redis came back, after what was queued before it."""
         try:
             await self.catch_up()
@@ -321,15 +295,13 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             self.log_layer_error("catch_up", error)
             self.schedule_catch_up()
 
-    def schedule_catch_up(self):
+    def schedule_catch_up(self) -> None:
         if self.catch_up_task is None or self.catch_up_task.done():
             self.catch_up_task = asyncio.get_running_loop().create_task(self.keep_catching_up())
 
-    async def keep_catching_up(self):
-        for attempt in range(CATCH_UP_ATTEMPTS):
-            await asyncio.sleep(min(CATCH_UP_FIRST_DELAY * 2**attempt, CATCH_UP_MAX_DELAY))
-            try:
-                await self.catch_up()
-                return
-            except LAYER_ERRORS as error:
-                self.log_layer_error("catch_up", error)
+    async def keep_catching_up(self) -> None:
+        def failed(error: BaseException) -> None:
+            self.log_layer_error("catch_up", error)
+
+        with contextlib.suppress(*LAYER_ERRORS):  # logged; the client resumes on reconnect
+            await retry(self.catch_up, CATCH_UP_BACKOFF, failed, after_failure=True)

@@ -1,17 +1,20 @@
 """Per-connection rate limit: a token bucket, refilled continuously."""
 
 import time
+from collections.abc import Callable
 
 
 class TokenBucket:
-    def __init__(self, rate, burst, clock=time.monotonic):
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.clock = clock
         self.tokens = float(burst)
         self.updated = clock()
 
-    def allow(self):
+    def allow(self) -> bool:
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now

@@ -5,6 +5,9 @@ _total). The replica, consumer kind and channel layer are labels of one info
 metric rather than of every series; Prometheus adds `instance` to each.
 """
 
+import time
+from collections.abc import Callable, Iterator
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 
@@ -56,8 +59,11 @@ messages_received = Counter(
 messages_delivered = Counter(
     "messages_delivered", "Chat messages sent to clients of this replica.", namespace=NAMESPACE
 )
-group_sends = Counter(
-    "group_sends", "Messages handed to the channel layer's group_send.", namespace=NAMESPACE
+publishes = Counter(
+    "publishes",
+    "Client messages published: numbered, stored in the room's history and sent to the room"
+    " (the broker's publish script), a retried ref included.",
+    namespace=NAMESPACE,
 )
 messages_replayed = Counter(
     "messages_replayed",
@@ -110,22 +116,29 @@ slow_consumer_disconnects = Counter(
     ["reason"],
     namespace=NAMESPACE,
 )
-group_send_duration = Histogram(
-    "group_send_duration_seconds",
-    "Time group_send took, as seen by the sending replica.",
+publish_duration = Histogram(
+    "publish_duration_seconds",
+    "Time a publish took, as seen by the sending replica: the publish script and, with"
+    " REDIS_ACK_REPLICAS, the WAIT for the Redis replicas.",
     namespace=NAMESPACE,
     buckets=LATENCY_BUCKETS,
 )
 delivery_latency = Histogram(
     "delivery_latency_seconds",
-    "From the sending replica's group_send to the frame sent on this replica "
+    "From the sending replica taking the message to the frame sent on this replica "
     "(wall clocks of two replicas: meaningful on one host or with synchronised clocks).",
     namespace=NAMESPACE,
     buckets=LATENCY_BUCKETS,
 )
 
 
-def describe_replica(replica, consumer, channel_layer):
+def count_delivery(sent_at: float) -> None:
+    """A live chat message sent to a client, taken by its sending replica at sent_at."""
+    messages_delivered.inc()
+    delivery_latency.observe(time.time() - sent_at)
+
+
+def describe_replica(replica: str, consumer: str, channel_layer: str) -> None:
     replica_info.info({"replica": replica, "consumer": consumer, "channel_layer": channel_layer})
 
 
@@ -143,15 +156,15 @@ RESOURCES = {
 class ResourceCollector:
     """Gauges of what a replica holds, from read_resources() -> {name: value}."""
 
-    def __init__(self, read_resources):
+    def __init__(self, read_resources: Callable[[], dict[str, int]]) -> None:
         self.read_resources = read_resources
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, value in self.read_resources().items():
             gauge = GaugeMetricFamily(f"{NAMESPACE}_{name}", RESOURCES[name])
             gauge.add_metric([], value)
             yield gauge
 
 
-def watch_resources(read_resources):
+def watch_resources(read_resources: Callable[[], dict[str, int]]) -> None:
     REGISTRY.register(ResourceCollector(read_resources))

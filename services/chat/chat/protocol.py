@@ -57,6 +57,9 @@ Error codes and close codes are listed in ERRORS and CLOSE_* below and in README
 import hashlib
 import json
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 SUBPROTOCOL = "chat.v1"
@@ -105,28 +108,38 @@ ERRORS = {
 class ProtocolError(Exception):
     """A client frame that breaks the protocol; answered with an error frame."""
 
-    def __init__(self, code, ref=None, **params):
+    def __init__(self, code: str, ref: str | None = None, **params: object) -> None:
         super().__init__(code)
         self.code = code
         self.ref = ref
         # Only templated details take parameters: the others hold literal braces.
         self.detail = ERRORS[code].format(**params) if params else ERRORS[code]
 
-    def frame(self):
-        error = {"type": "error", "code": self.code, "detail": self.detail}
+    def frame(self) -> str:
+        error: dict[str, object] = {"type": "error", "code": self.code, "detail": self.detail}
         if self.ref is not None:
             error["ref"] = self.ref
         return json.dumps(error)
 
 
-def room_group_name(room_name):
+def room_group_name(room_name: str) -> str | None:
     """Returns the Channels group of a room, or None if the name is not valid."""
     if _ROOM_NAME.fullmatch(room_name):
         return f"chat_{room_name}"
     return None
 
 
-def parse_client_frame(text_data, bytes_data, max_bytes):
+def room_group(room_name: str) -> str:
+    """The Channels group of a room whose name is known to be valid."""
+    group = room_group_name(room_name)
+    if group is None:
+        raise ValueError(f"not a valid room name: {room_name!r}")
+    return group
+
+
+def parse_client_frame(
+    text_data: str | None, bytes_data: bytes | None, max_bytes: int
+) -> tuple[str, str | None]:
     """Returns the (message, ref) of a client frame, ref None if absent, or raises
     ProtocolError."""
     if text_data is None:
@@ -149,8 +162,18 @@ def parse_client_frame(text_data, bytes_data, max_bytes):
     return message, ref
 
 
-def resume_position(query_string):
-    """The (epoch, last_id) a client resumes from, (None, None) for a new joiner, or
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """A place in a room's stream of messages: its epoch and the last id up to it (0
+    before the first). The epoch is None when the room has none, or a client resumes
+    without naming one."""
+
+    epoch: str | None
+    offset: int
+
+
+def resume_position(query_string: bytes) -> StreamPosition | None:
+    """Where a client resumes from (?last_id=57&epoch=...), None for a new joiner, or
     raises ProtocolError("invalid_resume")."""
     params = parse_qs(query_string.decode("latin-1"))
     last_id = params.get("last_id", [None])[0]
@@ -158,13 +181,13 @@ def resume_position(query_string):
     if last_id is None:
         if epoch is not None:
             raise ProtocolError("invalid_resume")
-        return None, None
+        return None
     if not last_id.isdigit() or len(last_id) > 18 or epoch is not None and len(epoch) > 32:
         raise ProtocolError("invalid_resume")
-    return epoch, int(last_id)
+    return StreamPosition(epoch, int(last_id))
 
 
-def chat_frame_parts(message, name, replica, sent_at):
+def chat_frame_parts(message: str, name: str, replica: str, sent_at: float) -> tuple[str, str, str]:
     """A chat frame in three parts around its id and epoch, which the history assigns
     when it stores the message: frame = head + id + middle + epoch + tail. sent_at is
     time.time() when the replica took the message."""
@@ -174,20 +197,29 @@ def chat_frame_parts(message, name, replica, sent_at):
     return '{"type":"chat","id":', ',"epoch":"', '",' + body[1:]
 
 
-def chat_frame(message_id, epoch, message, name, replica, sent_at):
+def chat_frame(
+    message_id: int, epoch: str, message: str, name: str, replica: str, sent_at: float
+) -> str:
     head, middle, tail = chat_frame_parts(message, name, replica, sent_at)
     return f"{head}{message_id}{middle}{epoch}{tail}"
 
 
-def ack_frame(ref, message_id, epoch, duplicate):
+def ack_frame(ref: str, message_id: int, epoch: str, duplicate: bool) -> str:
     return json.dumps(
         {"type": "ack", "ref": ref, "id": message_id, "epoch": epoch, "duplicate": duplicate}
     )
 
 
-def history_frame(epoch, last_id, replayed, gap):
+def history_frame(position: StreamPosition, replayed: int, gap: str) -> str:
+    """Ends a replay: the room's position, the messages replayed and the gap left."""
     return json.dumps(
-        {"type": "history", "epoch": epoch, "last_id": last_id, "replayed": replayed, "gap": gap}
+        {
+            "type": "history",
+            "epoch": position.epoch,
+            "last_id": position.offset,
+            "replayed": replayed,
+            "gap": gap,
+        }
     )
 
 
@@ -195,7 +227,7 @@ def history_frame(epoch, last_id, replayed, gap):
 # event is also written by the publish script (history), field for field.
 
 
-def chat_event(frame, message_id, epoch, sent_at):
+def chat_event(frame: str, message_id: int, epoch: str, sent_at: float) -> dict[str, Any]:
     return {
         "type": "chat.message",
         "frame": frame,
@@ -205,7 +237,7 @@ def chat_event(frame, message_id, epoch, sent_at):
     }
 
 
-def presence_event(frame=None):
+def presence_event(frame: str | None = None) -> dict[str, str]:
     """The group event carrying a presence frame; without one, it asks a consumer to
     send its client a fresh snapshot (after a Redis outage)."""
     event = {"type": "presence.update"}
@@ -218,24 +250,24 @@ PRESENCE = "presence"
 PRESENCE_DIFF = "presence_diff"
 
 
-def member_id(channel_name):
+def member_id(channel_name: str) -> str:
     """A connection's id in presence frames: short, opaque, the same on every replica,
     and not its channel name, which would let a client address another's channel."""
     return hashlib.blake2s(channel_name.encode(), digest_size=6).hexdigest()
 
 
-def presence_members(members):
+def presence_members(members: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
     """(id, name) pairs as a frame lists them: sorted by name, then id."""
     ordered = sorted(members, key=lambda member: (member[1], member[0]))
     return [{"id": member, "name": name} for member, name in ordered]
 
 
-def presence_frame(members, count):
+def presence_frame(members: Iterable[tuple[str, str]], count: int) -> str:
     """The snapshot: `members` (id, name) pairs, at most CHAT_PRESENCE_MAX_LISTED of `count`."""
     return json.dumps({"type": PRESENCE, "members": presence_members(members), "count": count})
 
 
-def presence_diff_parts(joined, left):
+def presence_diff_parts(joined: Iterable[tuple[str, str]], left: Iterable[str]) -> tuple[str, str]:
     """A presence_diff frame in two parts around its count, which the presence script
     reads when it publishes: frame = head + count + tail. `joined` are (id, name)
     pairs, `left` ids."""
@@ -243,7 +275,7 @@ def presence_diff_parts(joined, left):
     return '{"type":"' + PRESENCE_DIFF + '","count":', "," + body[1:]
 
 
-def presence_diff_frame(joined, left, count):
+def presence_diff_frame(joined: Iterable[tuple[str, str]], left: Iterable[str], count: int) -> str:
     head, tail = presence_diff_parts(joined, left)
     return f"{head}{count}{tail}"
 
@@ -251,7 +283,7 @@ def presence_diff_frame(joined, left, count):
 NAME_MAX_LENGTH = 32
 
 
-def display_name(query_string, default):
+def display_name(query_string: bytes, default: str) -> str:
     """The display name from the handshake's ?name=..., or `default` when missing or bad:
     1 to 32 printable characters, surrounding spaces dropped."""
     values = parse_qs(query_string.decode("latin-1")).get("name", [])
@@ -261,7 +293,15 @@ def display_name(query_string, default):
     return name
 
 
-def welcome_frame(replica, room_name, consumer, max_bytes, name, rate_limit, rate_burst):
+def welcome_frame(
+    replica: str,
+    room_name: str,
+    consumer: str,
+    max_bytes: int,
+    name: str,
+    rate_limit: int,
+    rate_burst: int,
+) -> str:
     return json.dumps(
         {
             "type": "welcome",
@@ -276,5 +316,5 @@ def welcome_frame(replica, room_name, consumer, max_bytes, name, rate_limit, rat
     )
 
 
-def choose_subprotocol(offered):
+def choose_subprotocol(offered: Iterable[str]) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None

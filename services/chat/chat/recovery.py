@@ -1,7 +1,7 @@
 """What a connection is sent of its room's history, and in which order: pure
-decisions, tested on their own; the consumer carries them out.
+decisions, tested on their own; the fan-out and the consumer carry them out.
 
-A room's messages have ids counting up from 1 within an epoch (chat.history). A
+A room's messages have ids counting up from 1 within an epoch (chat.broker). A
 connection keeps a Cursor, the (epoch, id) of the last message it was sent. A
 joining or resuming client first gets a Replay from the history; then each live
 message is sent, skipped (already sent), or waits for the gap before it to be
@@ -10,38 +10,49 @@ filled from the history.
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .protocol import GAP_NONE, GAP_RESET, GAP_TRIMMED
+from .protocol import GAP_NONE, GAP_RESET, GAP_TRIMMED, StreamPosition
+
+# A message of the history: (id, frame).
+Frame = tuple[int, str]
+# A stored entry: (id, frame, sent_at).
+Entry = tuple[int, str, float]
 
 
 @dataclass
 class Replay:
     """What a joining or resuming client is sent before live messages."""
 
-    epoch: str | None
-    last_id: int  # the room's last id, 0 if it has none
-    frames: list = field(default_factory=list)  # (id, frame), in id order
+    position: StreamPosition  # the room's epoch and last id (0 if it has none)
+    frames: list[Frame] = field(default_factory=list)  # in id order
     gap: str = GAP_NONE
 
 
-def plan_replay(entries, state_epoch, state_last_id, client_epoch, client_last_id, max_age):
-    """Chooses, from the entries (id, frame, sent_at) after the client's last id (or the
-    newest, for a new joiner), what to replay and which gap to report."""
+def plan_replay(
+    entries: Sequence[Entry],
+    room: StreamPosition,
+    since: StreamPosition | None,
+    max_age: float,
+) -> Replay:
+    """Chooses, from the entries after the client's position `since` (or the newest,
+    for a new joiner, `since` None), what to replay and which gap to report. `room` is
+    the room's own position."""
     cutoff = time.time() - max_age
     fresh = [(entry_id, frame) for entry_id, frame, sent_at in entries if sent_at >= cutoff]
-    replay = Replay(epoch=state_epoch, last_id=state_last_id, frames=fresh)
-    if client_last_id is None:
+    replay = Replay(room, fresh)
+    if since is None:
         return replay
-    if client_epoch is not None and client_epoch != state_epoch:
-        replay.gap = GAP_RESET if client_last_id > 0 else GAP_NONE
+    if since.epoch is not None and since.epoch != room.epoch:
+        replay.gap = GAP_RESET if since.offset > 0 else GAP_NONE
         return replay
-    if client_last_id > state_last_id:
+    if since.offset > room.offset:
         # Ids the room never reached: its counter was lost and restarted.
         replay.gap = GAP_RESET
         return replay
-    expected_first = client_last_id + 1
-    if state_last_id >= expected_first and (not fresh or fresh[0][0] != expected_first):
+    expected_first = since.offset + 1
+    if room.offset >= expected_first and (not fresh or fresh[0][0] != expected_first):
         replay.gap = GAP_TRIMMED
     return replay
 
@@ -58,6 +69,10 @@ class Decision:
     after_id: int = 0  # with FILL_GAP: the missing ids are after_id < id < message_id
 
 
+SEND = Decision(Action.SEND)
+SKIP = Decision(Action.SKIP)
+
+
 @dataclass
 class Cursor:
     """The (epoch, id) of the last message a connection was sent."""
@@ -65,37 +80,42 @@ class Cursor:
     epoch: str | None = None
     last_id: int = 0
 
-    def start(self, replay):
+    @property
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.epoch, self.last_id)
+
+    def start(self, replay: Replay) -> list[Frame]:
         """Positions the cursor for a join or resume; returns the frames to send.
         Ids up to the room's last count as sent, replayed or not: a new joiner gets
         only the newest, and later ones arrive live."""
-        self.epoch, self.last_id = replay.epoch, max(replay.last_id, last_frame_id(replay))
+        self.epoch = replay.position.epoch
+        self.last_id = max(replay.position.offset, last_frame_id(replay))
         return replay.frames
 
-    def catch_up(self, replay):
+    def catch_up(self, replay: Replay) -> list[Frame]:
         """After an outage: the frames of a replay from this cursor to send. A replay of
         another epoch that holds nothing is ignored: the live messages of the new
         epoch will move the cursor."""
-        if replay.epoch != self.epoch:
+        if replay.position.epoch != self.epoch:
             if not replay.frames:
                 return []
-            self.epoch, self.last_id = replay.epoch, 0
-        self.last_id = max(self.last_id, replay.last_id, last_frame_id(replay))
+            self.epoch, self.last_id = replay.position.epoch, 0
+        self.last_id = max(self.last_id, replay.position.offset, last_frame_id(replay))
         return replay.frames
 
-    def decide(self, message_id, epoch):
+    def decide(self, message_id: int, epoch: str) -> Decision:
         """What to do with a live message; a new epoch moves the cursor to its start."""
         if epoch != self.epoch:
             self.epoch, self.last_id = epoch, 0
         if message_id <= self.last_id:
-            return Decision(Action.SKIP)
+            return SKIP
         if message_id > self.last_id + 1:
             return Decision(Action.FILL_GAP, self.last_id)
-        return Decision(Action.SEND)
+        return SEND
 
-    def sent(self, message_id):
+    def sent(self, message_id: int) -> None:
         self.last_id = max(self.last_id, message_id)
 
 
-def last_frame_id(replay):
+def last_frame_id(replay: Replay) -> int:
     return replay.frames[-1][0] if replay.frames else 0

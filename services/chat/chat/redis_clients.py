@@ -16,6 +16,8 @@ Connections close with a reset (chat.redis_connections): a command that timed ou
 must not reach Redis later.
 """
 
+from typing import Any
+
 from django.conf import settings
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -28,23 +30,26 @@ from .redis_connections import AbortingConnection, AbortingSentinelConnection
 
 RETRIES = 2
 
+# One shard's Redis: {"address": url} or {"master_name": name, "sentinels": [...]}.
+Server = dict[str, Any]
+
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
     """Connections to the primary Sentinel names, at most max_connections of them: a
     command waits `timeout` for a free one, as with BlockingConnectionPool."""
 
 
-def as_server(server):
+def as_server(server: Server | str) -> Server:
     return {"address": server} if isinstance(server, str) else server
 
 
-def sentinel(server, timeout):
+def sentinel(server: Server, timeout: float) -> Sentinel:
     """A Sentinel client for the server's Sentinels."""
     options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     return Sentinel(server["sentinels"], sentinel_kwargs=options)
 
 
-def chat_redis(server, **options):
+def chat_redis(server: Server | str, **options: Any) -> aioredis.Redis:
     server = as_server(server)
     options = dict(
         max_connections=settings.REDIS_POOL_SIZE,
@@ -69,7 +74,7 @@ def chat_redis(server, **options):
     return aioredis.Redis.from_pool(pool)  # the client owns it: aclose() closes it
 
 
-def refuses_writes(error):
+def refuses_writes(error: BaseException) -> bool:
     """Whether Redis refused a write for memory: at maxmemory with nothing it may evict
     (README: Redis memory). Reads, SUBSCRIBE and PUBLISH still work then."""
     return isinstance(error, OutOfMemoryError)

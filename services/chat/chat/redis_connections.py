@@ -19,7 +19,7 @@ from redis.asyncio.sentinel import SentinelManagedConnection
 ABORT_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 
 
-def abort_on_close(connection):
+def abort_on_close(connection: aioredis.Connection) -> None:
     raw = connection._writer.transport.get_extra_info("socket")
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
 
@@ -27,7 +27,7 @@ def abort_on_close(connection):
 class AbortingConnection(aioredis.Connection):
     """A Redis connection whose close discards what it has not delivered."""
 
-    async def _connect(self):
+    async def _connect(self) -> None:
         await super()._connect()
         abort_on_close(self)
 
@@ -35,12 +35,12 @@ class AbortingConnection(aioredis.Connection):
 class AbortingSentinelConnection(SentinelManagedConnection):
     """The same, to whichever primary the Sentinels name."""
 
-    async def _connect(self):
+    async def _connect(self) -> None:
         await super()._connect()
         abort_on_close(self)
 
 
-def check_internals():
+def check_internals() -> None:
     """Raises RuntimeError if redis-py no longer opens its socket in _connect() and keeps
     the stream writer as _writer: the connections above would then not reset."""
     problems = []

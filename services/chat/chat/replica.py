@@ -1,5 +1,6 @@
-"""The replica as a whole: its connections, admission, draining, the presence
-heartbeat and sweeps, and recovery after Redis was unreachable or lost its data.
+"""The replica as a whole: its connections, its fan-out (chat.fanout), the broker and
+presence it uses, admission, draining, the presence heartbeat and sweeps, and
+recovery after Redis was unreachable or lost its data.
 
 One Replica is built per process, at start-up (chat.apps), and reached with
 current(). chatsite.serve starts draining on SIGTERM: /readyz then answers 503 and
@@ -9,16 +10,20 @@ new connections are refused with 1012.
 import asyncio
 import gc
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from django.apps import apps
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from . import metrics
-from .channel_layer import LAYER_ERRORS, occupancy, wait_subscribed
-from .history import MemoryHistory, RedisHistory
-from .presence import MemoryPresence, RedisPresence
-from .redis_clients import refuses_writes
+from .broker import Broker, HistoryLimits, MemoryBroker, RedisBroker
+from .channel_layer import LAYER_ERRORS, RoomLayer
+from .fanout import FanOut
+from .presence import MemoryPresence, Presence, RedisPresence
+from .redis_clients import Server, refuses_writes
+from .retry import Backoff, retry
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +31,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 1.0
 # Recovery steps are tried again: the pools' connections may still be the ones
 # Redis dropped, and a second attempt takes a new one.
-RECOVERY_ATTEMPTS = 3
-RECOVERY_RETRY_DELAY = 0.2  # seconds, growing with each attempt
+RECOVERY_BACKOFF = Backoff(first_delay=0.2, max_delay=1.0, attempts=3)
 # How long recovery waits for the channel layer to subscribe again: channels_redis'
 # receive loop retries once a second (channels_redis/pubsub.py, _do_receiving).
 RESUBSCRIBE_TIMEOUT = 5.0
@@ -36,22 +40,43 @@ DRAINING = "draining"
 FULL = "server_full"
 
 
+class Connection(Protocol):
+    """What the replica knows of a connection joined to a room."""
+
+    channel_name: str
+    name: str
+    room_name: str
+    room_group_name: str | None
+    keeps_presence: bool  # in the room's presence
+    recovers_history: bool  # answers "history.catch_up" after a Redis outage
+
+
 class Replica:
-    def __init__(self, name, channel_layer, history, presence, redis_servers, max_connections):
+    def __init__(
+        self,
+        name: str,
+        channel_layer: RoomLayer,
+        broker: Broker,
+        presence: Presence,
+        redis_servers: list[Server],
+        max_connections: int,
+    ) -> None:
         self.name = name
         self.channel_layer = channel_layer
-        self.history = history
+        self.broker = broker
         self.presence = presence
+        self.fan_out = FanOut(channel_layer.decode)
+        channel_layer.hand_messages_to(self.fan_out)
         self.redis_servers = redis_servers  # none with the in-memory layer
         self.max_connections = max_connections
-        self.connections = set()  # consumers joined to a room
+        self.connections: set[Connection] = set()  # joined to a room
         self.draining = False
-        self.maintenance = None
+        self.maintenance: asyncio.Task[None] | None = None
         self.redis_healthy = True
 
     @classmethod
-    def from_settings(cls, channel_layer):
-        history_limits = (
+    def from_settings(cls, channel_layer: RoomLayer) -> "Replica":
+        limits = HistoryLimits(
             settings.CHAT_HISTORY_MAX_LENGTH,
             settings.CHAT_HISTORY_MAX_AGE,
             settings.CHAT_HISTORY_ON_JOIN,
@@ -60,17 +85,19 @@ class Replica:
             settings.CHAT_PRESENCE_MAX_LISTED,
             settings.CHAT_PRESENCE_COALESCE_MS / 1000,
         )
+        broker: Broker
+        presence: Presence
         if settings.CHAT_CHANNEL_LAYER == "memory":
-            history = MemoryHistory(channel_layer, *history_limits)
+            broker = MemoryBroker(channel_layer, limits)
             presence = MemoryPresence(channel_layer, *presence_limits)
             redis_servers = []
         else:
             redis_servers = settings.REDIS_SERVERS
-            history = RedisHistory(
+            broker = RedisBroker(
                 channel_layer,
                 redis_servers,
-                *history_limits,
-                ack_replicas=settings.REDIS_ACK_REPLICAS,
+                limits,
+                ack_redis_replicas=settings.REDIS_ACK_REPLICAS,
                 ack_timeout_ms=settings.REDIS_ACK_TIMEOUT_MS,
             )
             presence = RedisPresence(
@@ -83,7 +110,7 @@ class Replica:
         return cls(
             settings.CHAT_REPLICA_ID,
             channel_layer,
-            history,
+            broker,
             presence,
             redis_servers,
             settings.CHAT_MAX_CONNECTIONS,
@@ -91,7 +118,7 @@ class Replica:
 
     # Connections
 
-    def refusal(self):
+    def refusal(self) -> str | None:
         """Why a new connection may not join now (DRAINING or FULL), or None."""
         if self.draining:
             return DRAINING
@@ -99,16 +126,16 @@ class Replica:
             return FULL
         return None
 
-    def add(self, consumer):
-        self.connections.add(consumer)
+    def add(self, connection: Connection) -> None:
+        self.connections.add(connection)
 
-    def discard(self, consumer):
-        self.connections.discard(consumer)
+    def discard(self, connection: Connection) -> None:
+        self.connections.discard(connection)
 
-    def resources(self):
+    def resources(self) -> dict[str, int]:
         """What the replica holds now (chat.metrics.RESOURCES): after load, back to
         where it started."""
-        channels, groups = occupancy(self.channel_layer)
+        channels, groups = self.channel_layer.occupancy()
         try:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:  # no loop runs in this thread
@@ -120,7 +147,7 @@ class Replica:
             "gc_objects": live_objects(collect=not self.connections),
         }
 
-    def start_draining(self):
+    def start_draining(self) -> bool:
         """True the first time: new connections are refused from now on."""
         if self.draining:
             return False
@@ -130,7 +157,7 @@ class Replica:
 
     # Heartbeat, sweeps and recovery
 
-    async def start_maintenance(self):
+    async def start_maintenance(self) -> None:
         """Starts the heartbeat and sweeps with the first connection: only a replica
         that serves someone has presence entries to keep alive, in Redis."""
         if not self.redis_servers:
@@ -140,7 +167,7 @@ class Replica:
             self.maintenance = asyncio.get_running_loop().create_task(self.maintain_forever())
             await self.presence.heartbeat()
 
-    async def maintain_forever(self):
+    async def maintain_forever(self) -> None:
         loop = asyncio.get_running_loop()
         sweep_interval = self.presence.sweep_interval
         next_sweep = loop.time() + sweep_interval
@@ -163,64 +190,71 @@ class Replica:
                     logger.warning("Redis unreachable or full: %r", error)
                 self.redis_healthy = False
 
-    async def redis_recovered(self, since):
+    async def redis_recovered(self, since: float) -> None:
         """Puts back what a Redis restart loses, then sends every connection what its
         room published while this replica could not hear it: once the channel layer
         hears again, subscribed anew after `since` (loop time), the outage's start at
         the latest, so that nothing published in between is neither heard nor caught up."""
-        if not await wait_subscribed(self.channel_layer, since, RESUBSCRIBE_TIMEOUT):
+        if not await self.channel_layer.wait_subscribed(since, RESUBSCRIBE_TIMEOUT):
             logger.warning("the channel layer did not subscribe again in %s s", RESUBSCRIBE_TIMEOUT)
-        consumers = list(self.connections)
-        rooms = {consumer.room_name for consumer in consumers}
+        connections = list(self.connections)
+        rooms = {connection.room_name for connection in connections}
         logger.warning(
-            "Redis is back: restoring %d connections, %d rooms", len(consumers), len(rooms)
+            "Redis is back: restoring %d connections, %d rooms", len(connections), len(rooms)
         )
-        for consumer in consumers:
-            if consumer not in self.connections:
-                continue  # left meanwhile: its channel is gone
-            try:
-                # Group memberships: kept in Redis by the core layer. The pub/sub
-                # layer's subscriptions are renewed by redis-py on reconnect; this is
-                # then a no-op.
-                await self.channel_layer.group_add(consumer.room_group_name, consumer.channel_name)
-                if consumer.keeps_presence:
-                    self.presence.restore(consumer.room_name, consumer.channel_name, consumer.name)
-            except LAYER_ERRORS as error:
-                logger.warning("restoring %s failed: %r", consumer.channel_name, error)
+        for connection in connections:
+            if connection in self.connections:  # else it left meanwhile: its channel is gone
+                await self.restore(connection)
 
-        async def ask_to_catch_up(consumer):
+        async def ask_to_catch_up(channel_name: str) -> None:
             # Through the consumer's own queue: a catch-up must come after the messages
             # already waiting there, which may be of the epoch before the restart.
-            await self.channel_layer.send(consumer.channel_name, {"type": "history.catch_up"})
+            await self.channel_layer.send(channel_name, {"type": "history.catch_up"})
 
         # Diffs published while this replica could not hear them are lost: each of
         # its clients is sent a new snapshot, after what waits in its queue.
         steps = [
-            (f"presence of {consumer.channel_name}", self.presence.ask_for_snapshot, consumer)
-            for consumer in consumers
-            if consumer.keeps_presence
+            (self.presence.ask_for_snapshot, connection.channel_name)
+            for connection in connections
+            if connection.keeps_presence
         ]
         steps += [
-            (f"catch-up of {consumer.channel_name}", ask_to_catch_up, consumer)
-            for consumer in consumers
-            if consumer.recovers_history
+            (ask_to_catch_up, connection.channel_name)
+            for connection in connections
+            if connection.recovers_history
         ]
-        await asyncio.gather(*(retrying(name, step, argument) for name, step, argument in steps))
+        await asyncio.gather(*(recovery_step(step, channel) for step, channel in steps))
 
-
-async def retrying(name, step, argument):
-    """Runs step(argument), again after a failure, RECOVERY_ATTEMPTS times at most."""
-    for attempt in range(1, RECOVERY_ATTEMPTS + 1):
+    async def restore(self, connection: Connection) -> None:
+        """Its group membership (kept in Redis by the core layer; the pub/sub layer's
+        subscriptions are renewed by redis-py on reconnect, and this is a no-op) and
+        its presence, announced as a join."""
         try:
-            return await step(argument)
+            if connection.room_group_name is not None:
+                await self.channel_layer.group_add(
+                    connection.room_group_name, connection.channel_name
+                )
+            if connection.keeps_presence:
+                self.presence.restore(
+                    connection.room_name, connection.channel_name, connection.name
+                )
         except LAYER_ERRORS as error:
-            if attempt == RECOVERY_ATTEMPTS:
-                logger.warning("%s failed: %r", name, error)
-            else:
-                await asyncio.sleep(RECOVERY_RETRY_DELAY * attempt)
+            logger.warning("restoring %s failed: %r", connection.channel_name, error)
 
 
-def live_objects(collect):
+async def recovery_step(step: Callable[[str], Awaitable[None]], channel_name: str) -> None:
+    """step(channel_name), tried again on a failure; logged if it never succeeds."""
+    try:
+        await retry(lambda: step(channel_name), RECOVERY_BACKOFF, on_error=ignore)
+    except LAYER_ERRORS as error:
+        logger.warning("%s of %s failed: %r", step.__name__, channel_name, error)
+
+
+def ignore(error: BaseException) -> None:
+    """Each failed attempt but the last is expected while Redis comes back."""
+
+
+def live_objects(collect: bool) -> int:
     """Objects the collector tracks, but those frozen at start-up (chatsite.serve).
     With `collect` (an idle replica, where it costs nothing), after a full collection:
     what load left behind, not garbage not yet collected."""
@@ -229,6 +263,7 @@ def live_objects(collect):
     return len(gc.get_objects())
 
 
-def current():
+def current() -> Replica:
     """The replica this process runs (chat.apps builds it at start-up)."""
-    return apps.get_app_config("chat").replica
+    replica: Replica = apps.get_app_config("chat").replica
+    return replica

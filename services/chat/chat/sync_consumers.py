@@ -1,6 +1,6 @@
 """The tutorial's synchronous WebsocketConsumer, kept to benchmark against the async
 ChatConsumer (CHAT_CONSUMER=sync). It speaks the same protocol, without history
-replay or presence."""
+replay or presence, and shares the rest with it (chat.membership)."""
 
 import contextlib
 
@@ -9,89 +9,63 @@ from autobahn.exception import Disconnected
 from channels.generic.websocket import WebsocketConsumer
 
 from . import metrics, protocol
-from .channel_layer import LAYER_ERRORS
-from .room import RoomMember
+from .channel_layer import LAYER_ERRORS, Event
+from .membership import Refusal, RoomMember
 
 
-class SyncChatConsumer(RoomMember, WebsocketConsumer):
+class SyncChatConsumer(RoomMember, WebsocketConsumer):  # type: ignore[misc]
     consumer_kind = "sync"
 
-    def send(self, text_data=None, bytes_data=None, close=False):
+    def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
         # As in ChatConsumer.send: nothing reaches a client that began to close.
         with contextlib.suppress(Disconnected):
             super().send(text_data, bytes_data, close)
 
-    def connect(self):
-        self.resolve_room()
-        subprotocol, headers = self.accept_arguments()
-        refusal = self.refusal()
-        if refusal:
-            self.refuse(subprotocol, headers, *refusal)
+    def connect(self) -> None:
+        refusal = self.admit()
+        if refusal is not None:
+            self.refuse(refusal)
             return
-
-        # Join room group
         try:
-            async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
+            async_to_sync(self.join_group)()
         except LAYER_ERRORS as error:
-            self.log_layer_error("join", error)
-            refusal = protocol.ProtocolError(protocol.UNAVAILABLE), protocol.CLOSE_TRY_AGAIN_LATER
-            self.refuse(subprotocol, headers, *refusal)
+            self.refuse(self.unavailable("join", error))
             return
 
-        self.accept(subprotocol, headers)
+        self.accept(self.subprotocol, self.accept_headers())
         self.count_join()
-        if subprotocol:
-            self.send(text_data=self.welcome())
+        for frame in self.welcome():
+            self.send(text_data=frame)
 
-    def refuse(self, subprotocol, headers, error, code):
-        self.accept(subprotocol, headers)
-        if error:
-            self.send(text_data=error.frame())
-        self.close(code=code)
+    def refuse(self, refusal: Refusal) -> None:
+        self.accept(self.subprotocol, self.accept_headers())
+        if refusal.error:
+            self.send(text_data=refusal.error.frame())
+        self.close(code=refusal.code)
 
-    def disconnect(self, close_code):
+    def disconnect(self, close_code: int | None) -> None:
         self.count_leave()
-        # Leave room group
-        if self.room_group_name:
-            try:
-                async_to_sync(self.channel_layer.group_discard)(
-                    self.room_group_name, self.channel_name
-                )
-            except LAYER_ERRORS as error:
-                self.log_layer_error("group_discard", error)
+        async_to_sync(self.leave_group)()
 
     # Receive message from WebSocket
-    def receive(self, text_data=None, bytes_data=None):
-        accepted, error = self.parse(text_data, bytes_data)
-        if error:
-            self.send(text_data=error.frame())
-            return
-        message, ref = accepted
-        # Store, number and send to room group in one step
-        try:
-            with metrics.group_send_duration.time():
-                published = async_to_sync(self.replica.history.publish)(
-                    *self.publish_arguments(message, ref)
-                )
-            metrics.group_sends.inc()
-        except LAYER_ERRORS as error:
-            self.log_layer_error("publish", error)
-            self.send(text_data=protocol.ProtocolError(protocol.UNAVAILABLE, ref).frame())
-            return
-        if ref is not None:
-            self.send(text_data=self.ack(ref, published))
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        reply = async_to_sync(self.answer)(text_data, bytes_data)
+        if reply is not None:
+            self.send(text_data=reply)
 
     # Receive message from room group
-    def chat_message(self, event):
+    def chat_message(self, event: Event) -> None:
         # Send message to WebSocket
         self.send(text_data=event["frame"])
-        self.count_delivery(event)
+        metrics.count_delivery(event["sent_at"])
 
-    def channel_overflow(self, event):
+    def channel_overflow(self, event: Event) -> None:
         # As in ChatConsumer.channel_overflow.
         metrics.slow_consumer_disconnects.labels("queue").inc()
         self.close(code=protocol.CLOSE_SLOW_CONSUMER)
 
-    def presence_update(self, event):
+    def presence_update(self, event: Event) -> None:
         if self.subprotocol:
             self.send(text_data=event["frame"])

@@ -9,7 +9,7 @@ cancelled (daphne#38). Here SIGTERM instead
   2. stops listening, so the load balancer sends new connections elsewhere;
   3. closes the open WebSockets with 1012 (service restart), spread evenly over
      CHAT_DRAIN_SECONDS so that their reconnects do not land on the other
-     replicas at once; clients resume from their last id (chat.history);
+     replicas at once; clients resume from their last id (chat.broker);
   4. exits when every consumer has finished (left its group and presence), or
      CHAT_DRAIN_SECONDS + CLEANUP_SECONDS after the signal.
 A second SIGTERM or SIGINT stops at once. Kubernetes' terminationGracePeriodSeconds
@@ -56,7 +56,7 @@ from twisted.internet import reactor, tcp  # noqa: E402
 
 from chat import metrics, protocol  # noqa: E402
 from chat.replica import current  # noqa: E402
-from chat.room import WRITE_FLOW  # noqa: E402
+from chat.write_flow import WRITE_FLOW, SharedFrame  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -138,14 +138,16 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         """Whether a frame can be written now: open, and the write buffer not full."""
         return self.full_since is None and self.state == WebSocketProtocol.STATE_OPEN
 
-    def send_shared(self, text, shared):
-        """Sends a text frame that goes to many connections, framed once for all: shared
-        is one dict per message (chat.channel_layer's fan-out). False if not open."""
+    def send_shared(self, frame: SharedFrame) -> bool:
+        """Sends a text frame that goes to many connections (chat.fanout), framed once
+        for all the connections of this factory. False if not open."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return False
-        prepared = shared.get(self.factory)
+        prepared = frame.prepared.get(self.factory)
         if prepared is None:
-            prepared = shared[self.factory] = self.factory.prepareMessage(text.encode())
+            prepared = frame.prepared[self.factory] = self.factory.prepareMessage(
+                frame.text.encode()
+            )
         if self._perMessageCompress is None:
             self.write_now(prepared.payloadHybi)
         else:

@@ -259,14 +259,14 @@ if CHAT_CHANNEL_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             # channels_redis' RedisPubSubChannelLayer, with what the chat adds to it.
-            "BACKEND": "chat.channel_layer.ChatChannelLayer",
+            "BACKEND": "chat.channel_layer.PubSubChannelLayer",
             "CONFIG": {"hosts": REDIS_HOSTS, "max_queued_bytes": CHAT_MAX_SEND_BUFFER},
         }
     }
 elif CHAT_CHANNEL_LAYER == "core":
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "chat.channel_layer.CoreChannelLayer",
             "CONFIG": {
                 "hosts": REDIS_HOSTS,
                 # Messages past this many per channel are dropped silently.
@@ -278,4 +278,4 @@ elif CHAT_CHANNEL_LAYER == "core":
     }
 else:
     # One process only: for tests and `manage.py runserver`.
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "chat.channel_layer.MemoryChannelLayer"}}

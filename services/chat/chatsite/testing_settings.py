@@ -11,4 +11,4 @@ from chatsite.settings import *  # noqa: E402, F403
 CHAT_REPLICA_ID = "unit-test"
 CHAT_CHANNEL_LAYER = "memory"
 CHAT_MAX_MESSAGE_BYTES = 4096
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+CHANNEL_LAYERS = {"default": {"BACKEND": "chat.channel_layer.MemoryChannelLayer"}}

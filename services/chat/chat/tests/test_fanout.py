@@ -1,23 +1,21 @@
-"""The channel layer's fan-out (chat.channel_layer) and the consumer's side of it
-(ChatConsumer.deliver_now): who is sent a room's message at once, framed once for
-all, and who gets it through the queue, in order."""
+"""The replica's fan-out (chat.fanout.FanOut): which members are sent a room's message
+at once, framed once for all, and which get it through their inbox, in order."""
 
 import time
-from types import SimpleNamespace
 
 import msgpack
 import pytest
 
-from chat.channel_layer import BoundedChannelQueue, ChatChannelLayer, FanOutShardConnection
-from chat.consumers import ChatConsumer
-from chat.room import WRITE_FLOW
+from chat.channel_layer import BoundedChannelQueue
+from chat.fanout import FanOut, Subscription
+from chat.write_flow import SharedFrame
 
-GROUP_CHANNEL = "asgi__group__room.lobby"
+GROUP_CHANNEL = "asgi__group__chat_lobby"
 EPOCH = "e1"
 
 
-class WriteFlow:
-    """What chatsite.serve's protocol offers the consumer, as far as fan-out uses it."""
+class Socket:
+    """What chatsite.serve's protocol offers as the write flow, as far as fan-out uses it."""
 
     def __init__(self):
         self.sent = []
@@ -30,20 +28,15 @@ class WriteFlow:
     def writable(self):
         return None
 
-    def send_shared(self, text, shared):
+    def send_shared(self, frame):
         if not self.open:
             return False
-        self.sent.append(shared.setdefault("framed", [text.encode()]))  # framed once
+        framed = frame.prepared.setdefault("factory", frame.text.encode())  # framed once
+        self.sent.append(framed)
         return True
 
-
-def member(last_id=0):
-    consumer = ChatConsumer()
-    consumer.scope = {"extensions": {WRITE_FLOW: WriteFlow()}}
-    consumer.inbox = BoundedChannelQueue(1 << 20, b"overflow")
-    consumer.cursor.epoch, consumer.cursor.last_id = EPOCH, last_id
-    consumer.live = True
-    return consumer
+    def close_slow_consumer(self, reason):
+        self.open = False
 
 
 def chat_event(message_id, epoch=EPOCH):
@@ -52,132 +45,232 @@ def chat_event(message_id, epoch=EPOCH):
             "sent_at": time.time()}  # fmt: skip
 
 
-def sent(consumer):
-    return consumer.write_flow.sent
+def encoded(event):
+    return msgpack.packb(event)
 
 
-def test_the_next_message_is_sent_at_once():
-    consumer = member(last_id=4)
-    assert consumer.deliver_now(chat_event(5), {})
-    assert sent(consumer) == [[b'{"type": "chat", "id": 5}']]
-    assert consumer.cursor.last_id == 5
+@pytest.fixture
+def fan_out():
+    return FanOut(msgpack.unpackb)
 
 
-def test_every_member_is_sent_the_same_framing():
-    first, second, shared = member(), member(), {}
-    assert first.deliver_now(chat_event(1), shared)
-    assert second.deliver_now(chat_event(1), shared)
-    assert sent(first)[0] is sent(second)[0]
+def member(fan_out, name="a", last_id=0):
+    """A live member of the room, its cursor at last_id: (subscription, socket, inbox)."""
+    socket = Socket()
+    subscription = fan_out.subscribe(name, GROUP_CHANNEL, socket)
+    subscription.cursor.epoch, subscription.cursor.last_id = EPOCH, last_id
+    fan_out.go_live(subscription)
+    return subscription, socket, BoundedChannelQueue(1 << 20, b"overflow")
 
 
-def test_a_message_already_sent_is_skipped():
-    consumer = member(last_id=5)
-    assert consumer.deliver_now(chat_event(5), {})
-    assert sent(consumer) == []
+def publish(fan_out, event, *members):
+    """Hands an event to the fan-out as the channel layer does, for these members."""
+    inboxes = {subscription.channel_name: inbox for subscription, _, inbox in members}
+    fan_out.handle_group_message(GROUP_CHANNEL, encoded(event), list(inboxes), inboxes)
 
 
-def test_a_gap_is_left_to_the_queue_which_fills_it_from_the_history():
-    consumer = member(last_id=1)
-    assert not consumer.deliver_now(chat_event(3), {})
-    assert not consumer.deliver_now(chat_event(3, epoch="e2"), {})  # a new epoch: from 0
-    assert sent(consumer) == []
+def test_the_next_message_is_sent_at_once(fan_out):
+    subscription, socket, inbox = ours = member(fan_out, last_id=4)
+    publish(fan_out, chat_event(5), ours)
+    assert socket.sent == [b'{"type": "chat", "id": 5}']
+    assert subscription.cursor.last_id == 5
+    assert inbox.qsize() == 0
 
 
-def joining(consumer):
-    consumer.live = False
+def test_every_member_is_sent_the_same_framing(fan_out):
+    first, second = member(fan_out, "a"), member(fan_out, "b")
+    publish(fan_out, chat_event(1), first, second)
+    assert first[1].sent[0] is second[1].sent[0]
 
 
-def queued(consumer):
-    consumer.inbox.put_nowait(b"an earlier message")
+def test_a_message_already_sent_is_skipped(fan_out):
+    subscription, socket, inbox = ours = member(fan_out, last_id=5)
+    publish(fan_out, chat_event(5), ours)
+    assert socket.sent == []
+    assert inbox.qsize() == 0
 
 
-async def delivering(consumer):
-    await consumer.delivery_lock.acquire()
+def test_a_gap_is_left_to_the_queue_which_fills_it_from_the_history(fan_out):
+    subscription, socket, inbox = ours = member(fan_out, last_id=1)
+    publish(fan_out, chat_event(3), ours)
+    assert socket.sent == []
+    assert inbox.qsize() == 1
 
 
-def publishing(consumer):
-    consumer.publishing = True
+def test_a_new_epoch_starts_from_its_first_message(fan_out):
+    subscription, socket, _ = ours = member(fan_out, last_id=9)
+    publish(fan_out, chat_event(1, epoch="e2"), ours)
+    assert (subscription.cursor.epoch, subscription.cursor.last_id) == ("e2", 1)
+    assert len(socket.sent) == 1
 
 
-def full(consumer):
-    consumer.write_flow.full = True
+# The rules: each state below holds a message back to the queue path.
 
 
-def closed(consumer):
-    consumer.write_flow.open = False
+def joining(fan_out, subscription, socket, inbox):
+    subscription.live = False  # its replay is still being sent
+
+
+HELD = []  # contexts entered by a state, kept open for the test
+
+
+def publishing(fan_out, subscription, socket, inbox):
+    """Its own message is on its way: its ack goes out before the echo."""
+    context = fan_out.publishing(subscription)
+    context.__enter__()
+    HELD.append(context)
+
+
+def queued(fan_out, subscription, socket, inbox):
+    """An earlier message waits in its inbox: nothing is sent past it."""
+    fan_out.handle_channel_message(subscription.channel_name, b"earlier", inbox)
+
+
+async def sending(fan_out, subscription, socket, inbox):
+    """A queued message, a gap or a catch-up is being sent: one send at a time."""
+    await subscription.sending.acquire()
+
+
+def full(fan_out, subscription, socket, inbox):
+    """Its socket's write buffer is full: the consumer waits for it on the queue path."""
+    socket.full = True
+
+
+def closed(fan_out, subscription, socket, inbox):
+    socket.open = False
+
+
+def no_write_flow(fan_out, subscription, socket, inbox):
+    subscription.writer = None
 
 
 @pytest.mark.parametrize(
-    "state", [joining, queued, delivering, publishing, full, closed], ids=lambda s: s.__name__
+    "state",
+    [joining, publishing, queued, sending, full, closed, no_write_flow],
+    ids=lambda state: state.__name__,
 )
-async def test_a_member_with_something_on_its_way_gets_it_through_the_queue(state):
-    """Tests that nothing is sent past what a connection still has to be sent (its
-    replay, a queued or dispatched message, a catch-up), before its own ack, or to a
-    socket that cannot take it."""
-    consumer = member()
-    result = state(consumer)
+async def test_a_member_with_something_on_its_way_gets_it_through_the_queue(fan_out, state):
+    """Tests each rule of FanOut.takes_now(): in each state a live message goes to the
+    member's inbox, counted, and its cursor does not move."""
+    subscription, socket, inbox = ours = member(fan_out)
+    result = state(fan_out, subscription, socket, inbox)
     if result is not None:
         await result
-    assert not consumer.deliver_now(chat_event(1), {})
-    assert sent(consumer) == []
-    assert consumer.cursor.last_id == 0
+    before = inbox.qsize()
+    publish(fan_out, chat_event(1), ours)
+    assert socket.sent == []
+    assert subscription.cursor.last_id == 0
+    assert inbox.qsize() == before + 1
+    assert subscription.queued == inbox.qsize()
 
 
-def test_other_events_go_through_the_queue():
-    consumer = member()
-    assert not consumer.deliver_now({"type": "presence.update", "frame": "{}"}, {})
+def test_a_member_ready_again_takes_messages_at_once_again(fan_out):
+    """Tests that each hold ends: its ack sent, its queue handled, it is at once again."""
+    subscription, socket, inbox = ours = member(fan_out)
+    with fan_out.publishing(subscription):
+        publish(fan_out, chat_event(1), ours)
+    assert subscription.queued == 1
+    inbox.get_nowait()
+    fan_out.handled(subscription)  # its consumer sent it
+    subscription.cursor.sent(1)
+    publish(fan_out, chat_event(2), ours)
+    assert socket.sent == [b'{"type": "chat", "id": 2}']
 
 
-class Handling(ChatConsumer):
-    async def test_event(self, event):
-        pass
-
-    async def websocket_test(self, event):
-        pass
-
-
-async def test_the_queue_counts_a_message_until_its_dispatch_ends():
-    consumer = Handling()
-    consumer.inbox = BoundedChannelQueue(1 << 20, b"overflow")
-    consumer.inbox.put_nowait(b"message")
-    await consumer.inbox.get()
-    assert consumer.inbox.unhandled == 1  # taken out, not yet dispatched
-    await consumer.dispatch({"type": "websocket.test"})  # from the socket, not the queue
-    assert consumer.inbox.unhandled == 1
-    await consumer.dispatch({"type": "test.event"})
-    assert consumer.inbox.unhandled == 0
+def test_the_queue_counts_a_message_until_it_is_handled(fan_out):
+    """Tests that a message taken out of the inbox but not yet handled still holds the
+    member back: the count goes down when its consumer has handled it, not before."""
+    subscription, socket, inbox = ours = member(fan_out)
+    fan_out.handle_channel_message("a", b"catch up", inbox)
+    inbox.get_nowait()
+    publish(fan_out, chat_event(1), ours)
+    assert socket.sent == []
+    fan_out.handled(subscription)
+    fan_out.handled(subscription)
+    assert subscription.queued == 0
+    fan_out.handled(subscription)  # the handled count never goes below zero
+    assert subscription.queued == 0
 
 
-def test_messages_dropped_past_the_bound_are_not_counted():
+def test_messages_dropped_past_the_bound_are_not_counted(fan_out):
+    subscription, _, _ = member(fan_out)
     inbox = BoundedChannelQueue(10, b"overflow")
     for _ in range(5):
-        inbox.put_nowait(b"12345678")
-    assert inbox.qsize() == inbox.unhandled == 2  # one message and the overflow notice
+        fan_out.handle_channel_message("a", b"12345678", inbox)
+    assert inbox.qsize() == subscription.queued == 2  # one message and the overflow notice
 
 
-class Member:
-    def __init__(self, takes):
-        self.takes = takes
-        self.offered = []
-
-    def deliver_now(self, event, shared):
-        self.offered.append((event, shared))
-        return self.takes
+def test_other_events_go_through_the_queue(fan_out):
+    subscription, socket, inbox = ours = member(fan_out)
+    publish(fan_out, {"type": "presence.update", "frame": "{}"}, ours)
+    assert socket.sent == []
+    assert inbox.qsize() == 1
 
 
-def test_the_layer_decodes_once_and_queues_only_what_members_do_not_take():
-    taking, refusing = Member(takes=True), Member(takes=False)
-    queues = {name: BoundedChannelQueue(1 << 20, b"overflow") for name in "abc"}
-    loop_layer = SimpleNamespace(
-        channel_layer=ChatChannelLayer(hosts=["redis://127.0.0.1:1/0"]),
-        channels=queues,
-        groups={GROUP_CHANNEL: {"a", "b", "c"}},
-        attached={GROUP_CHANNEL: {"a": taking, "b": refusing}},  # c: not attached
-    )
-    shard = FanOutShardConnection("redis://127.0.0.1:1/0", loop_layer)
-    data = msgpack.packb(chat_event(1))
-    shard._receive_message({"channel": GROUP_CHANNEL.encode(), "data": data})
-    assert [queues[name].qsize() for name in "abc"] == [0, 1, 1]
-    assert queues["b"].get_nowait() == data
-    assert taking.offered[0][0] is refusing.offered[0][0]  # one decode
-    assert taking.offered[0][0]["id"] == 1
+def test_the_fan_out_decodes_once_and_queues_only_what_members_do_not_take():
+    decoded = []
+
+    def decode(data):
+        decoded.append(data)
+        return msgpack.unpackb(data)
+
+    fan_out = FanOut(decode)
+    taking, refusing = member(fan_out, "a"), member(fan_out, "b")
+    refusing[1].full = True
+    unsubscribed = BoundedChannelQueue(1 << 20, b"overflow")  # e.g. a sync consumer
+    inboxes = {"a": taking[2], "b": refusing[2], "c": unsubscribed}
+    data = encoded(chat_event(1))
+    fan_out.handle_group_message(GROUP_CHANNEL, data, ["a", "b", "c"], inboxes)
+    assert decoded == [data]
+    assert [inbox.qsize() for inbox in inboxes.values()] == [0, 1, 1]
+    assert refusing[2].get_nowait() == data
+
+
+def test_a_room_without_subscriptions_here_is_not_decoded():
+    fan_out = FanOut(lambda data: pytest.fail("decoded"))
+    inbox = BoundedChannelQueue(1 << 20, b"overflow")
+    fan_out.handle_group_message(GROUP_CHANNEL, b"\x81", ["c"], {"c": inbox})
+    assert inbox.qsize() == 1
+
+
+def test_an_undecodable_message_is_queued_for_each_member(fan_out):
+    subscription, socket, inbox = member(fan_out)
+    inboxes = {"a": inbox}
+    fan_out.handle_group_message(GROUP_CHANNEL, b"\xc1", ["a"], inboxes)
+    assert socket.sent == []
+    assert inbox.get_nowait() == b"\xc1"
+
+
+def test_a_failing_member_gets_it_through_the_queue_and_the_others_at_once(fan_out):
+    broken, working = member(fan_out, "a"), member(fan_out, "b")
+
+    def fails(frame):
+        raise RuntimeError("boom")
+
+    broken[1].send_shared = fails
+    publish(fan_out, chat_event(1), broken, working)
+    assert broken[2].qsize() == 1
+    assert len(working[1].sent) == 1
+
+
+def test_unsubscribing_ends_the_room_here(fan_out):
+    subscription, _, _ = member(fan_out)
+    fan_out.unsubscribe(subscription)
+    fan_out.unsubscribe(subscription)
+    assert fan_out.subscriptions == {}
+    assert GROUP_CHANNEL not in fan_out.rooms
+    assert not subscription.live
+
+
+def test_a_subscription_counts_what_it_delivers():
+    subscription = Subscription("a", GROUP_CHANNEL, None)
+    subscription.cursor.epoch = EPOCH
+    subscription.delivered(chat_event(3))
+    subscription.replayed(4)
+    assert subscription.cursor.last_id == 4
+
+
+def test_a_shared_frame_is_framed_once_per_factory():
+    frame = SharedFrame("hello")
+    assert frame.prepared == {}
+    assert frame.text == "hello"

@@ -3,7 +3,6 @@ import json
 import pytest
 
 from chat import protocol
-from chat.limits import TokenBucket
 
 
 def test_room_group_name_accepts_channels_safe_names():
@@ -83,15 +82,11 @@ def test_chat_frame_parts_make_the_documented_chat_frame():
 
 @pytest.mark.parametrize(
     ("query", "position"),
-    [(b"", (None, None)), (b"last_id=0", (None, 0)), (b"name=a&last_id=7&epoch=ab", ("ab", 7))],
+    [
+        (b"", None),
+        (b"last_id=0", protocol.StreamPosition(None, 0)),
+        (b"name=a&last_id=7&epoch=ab", protocol.StreamPosition("ab", 7)),
+    ],
 )
 def test_resume_position(query, position):
     assert protocol.resume_position(query) == position
-
-
-def test_token_bucket_allows_the_burst_then_the_rate():
-    now = [0.0]
-    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
-    assert [bucket.allow() for _ in range(4)] == [True, True, True, False]
-    now[0] = 0.5  # one token back
-    assert [bucket.allow(), bucket.allow()] == [True, False]

@@ -1,28 +1,29 @@
 import pytest
 
-from chat.protocol import GAP_NONE, GAP_RESET, GAP_TRIMMED
+from chat.protocol import GAP_NONE, GAP_RESET, GAP_TRIMMED, StreamPosition
 from chat.recovery import Action, Cursor, Decision, Replay, plan_replay
 
+P = StreamPosition
 FRESH = 1e12  # sent far in the future: never too old
 
 
 def test_plan_replay_gaps():
     """Tests the gap a joining or resuming client is told of."""
     entries = [(3, "c", FRESH), (4, "d", FRESH)]
-    assert plan_replay(entries, "e1", 4, "e1", 2, 60).gap == GAP_NONE
-    assert plan_replay(entries, "e1", 4, "e1", 1, 60).gap == GAP_TRIMMED
-    assert plan_replay([], "e1", 4, "e1", 4, 60).gap == GAP_NONE
-    assert plan_replay(entries, "e2", 4, "e1", 9, 60).gap == GAP_RESET
-    assert plan_replay(entries, "e1", 4, None, 9, 60).gap == GAP_RESET
+    assert plan_replay(entries, P("e1", 4), P("e1", 2), 60).gap == GAP_NONE
+    assert plan_replay(entries, P("e1", 4), P("e1", 1), 60).gap == GAP_TRIMMED
+    assert plan_replay([], P("e1", 4), P("e1", 4), 60).gap == GAP_NONE
+    assert plan_replay(entries, P("e2", 4), P("e1", 9), 60).gap == GAP_RESET
+    assert plan_replay(entries, P("e1", 4), P(None, 9), 60).gap == GAP_RESET
     old = [(3, "c", 0.0), (4, "d", FRESH)]
-    too_old = plan_replay(old, "e1", 4, "e1", 2, 60)
+    too_old = plan_replay(old, P("e1", 4), P("e1", 2), 60)
     assert (too_old.frames, too_old.gap) == ([(4, "d")], GAP_TRIMMED)
 
 
 def test_a_new_joiner_counts_the_whole_room_as_sent():
     """Tests that ids before the replayed newest ones are not fetched as a gap."""
     cursor = Cursor()
-    frames = cursor.start(Replay("e1", 10, [(9, "i"), (10, "j")]))
+    frames = cursor.start(Replay(P("e1", 10), [(9, "i"), (10, "j")]))
     assert frames == [(9, "i"), (10, "j")]
     assert (cursor.epoch, cursor.last_id) == ("e1", 10)
     assert cursor.decide(11, "e1") == Decision(Action.SEND)
@@ -92,7 +93,7 @@ def test_any_change_of_epoch_starts_from_its_start():
 
 def test_catch_up_sends_what_came_after_the_cursor():
     cursor = Cursor("e1", 4)
-    frames = cursor.catch_up(Replay("e1", 6, [(5, "e"), (6, "f")]))
+    frames = cursor.catch_up(Replay(P("e1", 6), [(5, "e"), (6, "f")]))
     assert frames == [(5, "e"), (6, "f")]
     assert cursor.last_id == 6
 
@@ -100,7 +101,7 @@ def test_catch_up_sends_what_came_after_the_cursor():
 def test_catch_up_into_a_new_epoch_starts_from_its_messages():
     """Tests that the old epoch's last id does not hide the new epoch's messages."""
     cursor = Cursor("e1", 40)
-    frames = cursor.catch_up(Replay("e2", 2, [(1, "a"), (2, "b")], gap=GAP_RESET))
+    frames = cursor.catch_up(Replay(P("e2", 2), [(1, "a"), (2, "b")], gap=GAP_RESET))
     assert frames == [(1, "a"), (2, "b")]
     assert (cursor.epoch, cursor.last_id) == ("e2", 2)
 
@@ -108,5 +109,5 @@ def test_catch_up_into_a_new_epoch_starts_from_its_messages():
 def test_an_empty_replay_of_another_epoch_leaves_the_cursor():
     """Tests that a catch-up finding a new epoch with nothing in it waits for live ones."""
     cursor = Cursor("e1", 40)
-    assert cursor.catch_up(Replay("e2", 0)) == []
+    assert cursor.catch_up(Replay(P("e2", 0))) == []
     assert (cursor.epoch, cursor.last_id) == ("e1", 40)

@@ -3,7 +3,7 @@
 import asyncio
 from dataclasses import dataclass
 
-from chat.channel_layer import ChatChannelLayer
+from chat.channel_layer import PubSubChannelLayer
 from chat.replica import Replica
 
 
@@ -14,8 +14,8 @@ class Presence:
     def restore(self, room, channel_name, name):
         self.calls.append(("restore", channel_name))
 
-    async def ask_for_snapshot(self, consumer):
-        self.calls.append(("snapshot", consumer.channel_name))
+    async def ask_for_snapshot(self, channel_name):
+        self.calls.append(("snapshot", channel_name))
 
 
 @dataclass(eq=False)
@@ -37,7 +37,7 @@ async def test_recovery_catches_up_only_once_the_layer_hears_again():
     layer hears again, and only the room's next message would reveal it."""
     calls = []
     heard = asyncio.Event()
-    layer = ChatChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    layer = PubSubChannelLayer(hosts=["redis://127.0.0.1:1/0"])
 
     async def wait_subscribed(since, timeout):
         calls.append(("wait_subscribed", since))

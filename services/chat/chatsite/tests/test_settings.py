@@ -1,0 +1,74 @@
+"""The settings (chatsite.settings), read from the environment in a fresh process."""
+
+import functools
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CHAT_CONSUMER", "threads", "CHAT_CONSUMER must be one of async, sync"),
+        ("CHAT_CHANNEL_LAYER", "kafka", "CHAT_CHANNEL_LAYER must be one of"),
+        ("CHAT_MAX_MESSAGE_BYTES", "lots", "must be a whole number"),
+        ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE is required"),
+    ],
+)
+def test_bad_settings_fail_fast_with_a_clear_message(variable, value, message):
+    """Tests that a bad or missing setting stops start-up and names the variable."""
+    environment = {"DJANGO_SECRET_KEY": "k", variable: value, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import chatsite.settings"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        cwd="services/chat",
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_redis_hosts_have_no_socket_timeout_and_a_large_pool():
+    """Tests the guard against redis-py 8's 5 s socket timeout and 100-connection pool."""
+    code = "import json, chatsite.settings as s; print(json.dumps(s.CHANNEL_LAYERS))"
+    environment = {
+        "DJANGO_SECRET_KEY": "k",
+        "REDIS_URLS": "redis://a:1/0,redis://b:2/0",
+        "PATH": "/usr/bin:/bin",
+    }
+    for layer in ("pubsub", "core"):
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**environment, "CHAT_CHANNEL_LAYER": layer},
+            capture_output=True,
+            text=True,
+            cwd="services/chat",
+            check=True,
+        )
+        hosts = json.loads(result.stdout)["default"]["CONFIG"]["hosts"]
+        assert [host["address"] for host in hosts] == ["redis://a:1/0", "redis://b:2/0"]
+        for host in hosts:
+            assert host["socket_timeout"] is None
+            assert host["max_connections"] >= 1000
+
+
+def test_secret_key_can_come_from_a_file(tmp_path):
+    """Tests DJANGO_SECRET_KEY_FILE, as a mounted Kubernetes Secret provides it."""
+    code = "import chatsite.settings as s; print(s.SECRET_KEY)"
+    secret = tmp_path / "key"
+    secret.write_text("from-a-file\n")
+    run = functools.partial(
+        subprocess.run,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd="services/chat",
+    )
+    found = run(env={"DJANGO_SECRET_KEY_FILE": str(secret), "PATH": "/usr/bin:/bin"})
+    assert found.stdout.strip() == "from-a-file"
+    missing = run(env={"DJANGO_SECRET_KEY_FILE": str(tmp_path / "nope"), "PATH": "/usr/bin:/bin"})
+    assert missing.returncode != 0
+    assert "DJANGO_SECRET_KEY_FILE cannot be read" in missing.stderr
