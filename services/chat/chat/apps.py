@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from . import metrics, redis_connections
-from .channel_layer import ChatLayer
+from .channel_layer import ChatLayer, RoomLayer
 from .replica import Replica
 
 
@@ -13,7 +13,7 @@ class ChatConfig(AppConfig):
     replica: Replica
 
     def ready(self) -> None:
-        channel_layer = get_channel_layer()
+        channel_layer: RoomLayer = get_channel_layer()
         if not isinstance(channel_layer, ChatLayer):
             raise ImproperlyConfigured(
                 "CHANNEL_LAYERS['default'] must be one of chat.channel_layer's layers,"

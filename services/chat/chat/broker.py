@@ -235,10 +235,11 @@ class RedisBroker:
         raw = await self.client_for(room).xrange(
             stream, min=f"({after_id}-0", max=f"({before_id}-0"
         )
-        return [(entry_id, frame) for entry_id, frame, _ in map(parse_entry, raw)]
+        return [(entry_id, frame) for entry_id, frame, _ in map(parse_entry, raw or [])]
 
 
-def parse_entry(entry: tuple[bytes, dict[bytes, bytes]]) -> Entry:
+def parse_entry(entry: Any) -> Entry:
+    """(id, frame, sent_at) of a stream entry as redis-py returns it (bytes)."""
     stream_id, fields = entry
     return (
         int(stream_id.split(b"-")[0]),

@@ -117,7 +117,8 @@ class ChatLayer:
     def shard_of(self, group: str, shard_count: int) -> int:
         """Which of shard_count Redis servers carries the group, its history and
         presence: the one sharding policy."""
-        return _consistent_hash(group, shard_count)
+        shard: int = _consistent_hash(group, shard_count)
+        return shard
 
     def decode(self, data: bytes) -> Event:
         raise TypeError(f"{type(self).__name__} hands no encoded messages over")

@@ -40,7 +40,7 @@ def uses_database() -> bool:
     )
 
 
-class ChatConsumer(RoomMember, AsyncWebsocketConsumer):  # type: ignore[misc]
+class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
     consumer_kind = "async"
     recovers_history = True
     keeps_presence = True

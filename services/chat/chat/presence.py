@@ -37,6 +37,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -254,7 +255,7 @@ class RedisPresence(Presence):
         cursor = 0
         while self.max_listed:
             cursor, batch = await client.hscan(key, cursor, count=self.max_listed)
-            entries.update(batch)
+            entries.update(cast(dict[str, str], batch))  # decode_responses
             if cursor == 0 or len(entries) >= self.max_listed:
                 break
         members = [

@@ -4,6 +4,8 @@ included, names the replica that served it (X-Chat-Replica)."""
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import make_asgi_app
@@ -11,12 +13,17 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import metrics
-from .redis_clients import as_server, refuses_writes, sentinel
-from .replica import current
+from .redis_clients import Server, as_server, refuses_writes, sentinel
+from .replica import Replica, current
+
+Scope = dict[str, Any]
+Message = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A readiness probe must answer well within the prober's own timeout.
 REDIS_PING_TIMEOUT = 1.0
-PING_OPTIONS = {"socket_timeout": REDIS_PING_TIMEOUT, "socket_connect_timeout": REDIS_PING_TIMEOUT}
 # Readiness writes this key (per replica, short-lived) to learn whether Redis takes
 # writes: at maxmemory with nothing to evict it refuses them (README: Redis memory).
 WRITE_PROBE_KEY = "chat:readiness:{replica}"
@@ -37,17 +44,17 @@ class ProbeEndpoints:
     """ASGI middleware: /healthz, /readyz and /metrics here, everything else to Django;
     the replica header on every response."""
 
-    def __init__(self, application):
+    def __init__(self, application: ASGIApp) -> None:
         self.application = application
         self.metrics_app = make_asgi_app()
         self.replica_header = (b"x-chat-replica", current().name.encode())
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if path == LIVENESS_PATH:
             loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-            body = {"status": "ok", "replica": current().name, "event_loop": loop}
-            await self.respond(send, 200, body)
+            health = {"status": "ok", "replica": current().name, "event_loop": loop}
+            await self.respond(send, 200, health)
         elif path == READINESS_PATH:
             replica = current()
             ready, status, redis = await check_readiness(replica)
@@ -59,13 +66,13 @@ class ProbeEndpoints:
         else:
             await self.application(scope, receive, self.with_replica_header(send))
 
-    async def respond(self, send, status, body):
+    async def respond(self, send: Send, status: int, body: dict[str, Any]) -> None:
         headers = [(b"content-type", b"application/json"), self.replica_header]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
-    def with_replica_header(self, send):
-        async def send_with_header(message):
+    def with_replica_header(self, send: Send) -> Send:
+        async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), self.replica_header]}
             await send(message)
@@ -73,7 +80,7 @@ class ProbeEndpoints:
         return send_with_header
 
 
-async def check_readiness(replica):
+async def check_readiness(replica: Replica) -> tuple[bool, str, dict[str, str]]:
     """(ready, status, redis states) of the replica now, kept in the chat_redis_* and
     chat_ready gauges."""
     redis = await redis_states(replica.redis_servers, replica.name)
@@ -83,7 +90,7 @@ async def check_readiness(replica):
     return ready, status, redis
 
 
-def readiness(redis, draining):
+def readiness(redis: dict[str, str], draining: bool) -> tuple[bool, str]:
     """(ready, status) of a replica whose Redis are in the states `redis`."""
     if draining:
         return False, "draining"
@@ -94,7 +101,7 @@ def readiness(redis, draining):
     return True, "ok"
 
 
-async def redis_states(servers, replica_name):
+async def redis_states(servers: list[Server], replica_name: str) -> dict[str, str]:
     """Each Redis of the replica, by host:port (with Sentinel, "master host:port" of the
     primary it names): whether it answers and takes writes."""
     if not servers:
@@ -105,7 +112,7 @@ async def redis_states(servers, replica_name):
     return states
 
 
-def record(states):
+def record(states: dict[str, str]) -> None:
     """The states as the chat_redis_up and chat_redis_writable gauges. Cleared first:
     after a failover the old primary's series must go."""
     metrics.redis_up.clear()
@@ -115,17 +122,19 @@ def record(states):
         metrics.redis_writable.labels(name).set(state == REDIS_OK)
 
 
-def redis_address(url):
+def redis_address(url: str) -> str:
     # host:port only: a Redis URL may carry a password.
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 6379}"
 
 
-async def probe(server, key):
+async def probe(server: Server, key: str) -> tuple[str, str]:
     """(name, state) of one server."""
     if "master_name" not in server:
         url = server["address"]
-        return redis_address(url), await ping(aioredis.Redis.from_url(url, **PING_OPTIONS), key)
+        return redis_address(url), await ping(aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
+        ), key)
     name = server["master_name"]
     manager = sentinel(server, REDIS_PING_TIMEOUT)
     try:
@@ -135,11 +144,16 @@ async def probe(server, key):
     finally:
         # Each probe's own connections to the Sentinels, closed as the pinged one is.
         await asyncio.gather(*(client.aclose() for client in manager.sentinels))
-    client = aioredis.Redis(host=host, port=port, **PING_OPTIONS)
+    client = aioredis.Redis(
+        host=host,
+        port=port,
+        socket_timeout=REDIS_PING_TIMEOUT,
+        socket_connect_timeout=REDIS_PING_TIMEOUT,
+    )
     return f"{name} {host}:{port}", await ping(client, key)
 
 
-async def ping(client, key):
+async def ping(client: aioredis.Redis, key: str) -> str:
     try:
         await client.ping()
         await client.set(key, "1", px=WRITE_PROBE_TTL_MS)

@@ -64,10 +64,13 @@ def chat_redis(server: Server | str, **options: Any) -> aioredis.Redis:
         ),
         **options,
     )
+    pool: aioredis.ConnectionPool
     if "master_name" in server:
         manager = sentinel(server, options["socket_connect_timeout"])
         options["connection_class"] = AbortingSentinelConnection
-        pool = BlockingSentinelConnectionPool(server["master_name"], manager, **options)
+        pool = BlockingSentinelConnectionPool(  # type: ignore[no-untyped-call]
+            server["master_name"], manager, **options
+        )
     else:
         options["connection_class"] = AbortingConnection
         pool = aioredis.BlockingConnectionPool.from_url(server["address"], **options)

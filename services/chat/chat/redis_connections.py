@@ -20,7 +20,9 @@ ABORT_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 
 
 def abort_on_close(connection: aioredis.Connection) -> None:
-    raw = connection._writer.transport.get_extra_info("socket")
+    writer = connection._writer
+    assert writer is not None  # connected
+    raw = writer.transport.get_extra_info("socket")
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
 
 
@@ -28,7 +30,7 @@ class AbortingConnection(aioredis.Connection):
     """A Redis connection whose close discards what it has not delivered."""
 
     async def _connect(self) -> None:
-        await super()._connect()
+        await super()._connect()  # type: ignore[no-untyped-call]
         abort_on_close(self)
 
 
@@ -36,7 +38,7 @@ class AbortingSentinelConnection(SentinelManagedConnection):
     """The same, to whichever primary the Sentinels name."""
 
     async def _connect(self) -> None:
-        await super()._connect()
+        await super()._connect()  # type: ignore[no-untyped-call]
         abort_on_close(self)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from django.apps import apps
 from django.conf import settings
@@ -263,7 +263,10 @@ def live_objects(collect: bool) -> int:
     return len(gc.get_objects())
 
 
+class HoldsReplica(Protocol):
+    replica: Replica
+
+
 def current() -> Replica:
     """The replica this process runs (chat.apps builds it at start-up)."""
-    replica: Replica = apps.get_app_config("chat").replica
-    return replica
+    return cast(HoldsReplica, apps.get_app_config("chat")).replica

@@ -42,8 +42,9 @@ async def retry(
         await asyncio.sleep(backoff.first_delay)
 
     def heard(state: RetryCallState) -> None:
-        if state.outcome is not None and state.outcome.failed:
-            on_error(state.outcome.exception())
+        error = state.outcome.exception() if state.outcome is not None else None
+        if error is not None:
+            on_error(error)
 
     retrying = AsyncRetrying(
         stop=stop_never if backoff.attempts is None else stop_after_attempt(backoff.attempts),

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.conf import settings
 from django.urls import re_path
 
@@ -8,7 +10,7 @@ from .sync_consumers import SyncChatConsumer
 # with a documented close code rather than refused without a reason.
 ROOM_PATH = r"^ws/chat/(?P<room_name>[^/]+)/$"
 
-CONSUMERS = {"async": ChatConsumer, "sync": SyncChatConsumer}
+CONSUMERS: dict[str, Any] = {"async": ChatConsumer, "sync": SyncChatConsumer}
 
 websocket_urlpatterns = [
     re_path(ROOM_PATH, CONSUMERS[settings.CHAT_CONSUMER].as_asgi()),

@@ -13,7 +13,7 @@ from .channel_layer import LAYER_ERRORS, Event
 from .membership import Refusal, RoomMember
 
 
-class SyncChatConsumer(RoomMember, WebsocketConsumer):  # type: ignore[misc]
+class SyncChatConsumer(RoomMember, WebsocketConsumer):
     consumer_kind = "sync"
 
     def send(

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from . import protocol
@@ -19,11 +20,11 @@ PAGE_PROTOCOL = {
 }
 
 
-def index(request):
+def index(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/index.html", {"protocol": PAGE_PROTOCOL})
 
 
-def room(request, room_name):
+def room(request: HttpRequest, room_name: str) -> HttpResponse:
     if protocol.room_group_name(room_name) is None:
         context = {"room_name": room_name, "rule": protocol.ROOM_NAME_RULE}
         return render(request, "chat/invalid_room.html", context, status=404)

@@ -34,6 +34,8 @@ import os
 import signal
 import socket
 import sys
+from types import FrameType
+from typing import Any
 
 import uvloop
 
@@ -52,15 +54,21 @@ from daphne.cli import CommandLineInterface  # noqa: E402
 from daphne.server import Server  # noqa: E402
 from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
 from django.conf import settings  # noqa: E402
-from twisted.internet import reactor, tcp  # noqa: E402
+from twisted.internet import reactor as twisted_reactor  # noqa: E402
+from twisted.internet import tcp  # noqa: E402
+from twisted.internet.base import DelayedCall  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from chat import metrics, protocol  # noqa: E402
 from chat.replica import current  # noqa: E402
-from chat.write_flow import WRITE_FLOW, SharedFrame  # noqa: E402
+from chat.write_flow import WRITE_FLOW, SharedFrame, WriteFlow  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
 logger = logging.getLogger("chatsite.serve")
+
+# Twisted's stubs type the reactor as a module; it provides zope interfaces.
+reactor: Any = twisted_reactor
 
 # After the last close: time for consumers to leave their groups and presence.
 CLEANUP_SECONDS = 5
@@ -68,93 +76,44 @@ POLL_SECONDS = 0.2
 
 
 class ChatWebSocketProtocol(WebSocketProtocol):
-    full_since = None  # reactor time the write buffer passed its mark; None: drained
-    bytes_while_full = 0
-    full_timeout = None
+    """Daphne's WebSocket protocol, with its write side (SocketWriteFlow) as the socket's
+    producer and the scope's WRITE_FLOW extension."""
 
-    def __init__(self, *args, **kwargs):
+    flow: "SocketWriteFlow"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.drain_waiters = []
+        self.flow = SocketWriteFlow(self)
 
-    def onOpen(self):
+    def onOpen(self) -> None:
         super().onOpen()
         # The HTTP channel that took the upgrade request is still the producer, and
         # would stop reading the socket when the buffer fills: this one only counts.
         self.transport.unregisterProducer()
-        self.transport.registerProducer(self, True)
+        self.transport.registerProducer(self.flow, True)
 
-    # IPushProducer: Twisted calls these as the socket's write buffer fills and drains.
-
-    def pauseProducing(self):
-        if self.full_since is not None:
-            return  # Twisted calls it again on every write while the buffer is full
-        self.full_since = reactor.seconds()
-        self.bytes_while_full = 0
-        self.full_timeout = reactor.callLater(
-            settings.CHAT_SEND_TIMEOUT, self.close_slow_consumer, "timeout"
-        )
-
-    def resumeProducing(self):
-        self.full_since = None
-        if self.full_timeout is not None and self.full_timeout.active():
-            self.full_timeout.cancel()
-        self.full_timeout = None
-        self.wake_writers(True)
-
-    def stopProducing(self):
-        self.release_writers()
-
-    def unregisterProducer(self):
+    def unregisterProducer(self) -> None:
         # autobahn unregisters before it drops the connection; Twisted then calls no
         # stopProducing: a consumer waiting to write must hear of it now, or it would
         # never handle its disconnect.
-        self.release_writers()
+        self.flow.release_writers()
         super().unregisterProducer()
 
-    def connectionLost(self, reason):
-        self.release_writers()
+    def connectionLost(self, reason: Failure) -> None:
+        self.flow.release_writers()
         super().connectionLost(reason)
 
-    def release_writers(self):
-        """The connection is going: nothing waits to write to it any more."""
-        self.wake_writers(False)
-        self.resumeProducing()
+    def open_now(self) -> bool:
+        return bool(self.state == WebSocketProtocol.STATE_OPEN)
 
-    # The write flow the consumer sees (the scope's WRITE_FLOW extension).
-
-    def writable(self):
-        """None if a frame can be written now, else a future: True once the write
-        buffer has drained, False if the connection closes first."""
-        if self.full_since is None:
-            return None
-        waiter = asyncio.get_running_loop().create_future()
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self.drain_waiters.append(waiter)
-        else:
-            waiter.set_result(False)
-        return waiter
-
-    def ready_to_write(self):
-        """Whether a frame can be written now: open, and the write buffer not full."""
-        return self.full_since is None and self.state == WebSocketProtocol.STATE_OPEN
-
-    def send_shared(self, frame: SharedFrame) -> bool:
-        """Sends a text frame that goes to many connections (chat.fanout), framed once
-        for all the connections of this factory. False if not open."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return False
-        prepared = frame.prepared.get(self.factory)
-        if prepared is None:
-            prepared = frame.prepared[self.factory] = self.factory.prepareMessage(
-                frame.text.encode()
-            )
+    def send_prepared(self, prepared: Any) -> None:
+        """A message framed once (autobahn's PreparedMessage) written to this socket."""
         if self._perMessageCompress is None:
             self.write_now(prepared.payloadHybi)
         else:
             self.sendPreparedMessage(prepared)
-        return True
 
-    def write_now(self, data):
+    def write_now(self, data: bytes) -> None:
         """Writes to the socket at once if Twisted holds nothing for it, as asyncio's
         transports do: Twisted would buffer the frame and register the socket for
         writing (two epoll_ctl calls and a turn of the loop per frame). What the
@@ -180,37 +139,17 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         if sent < len(data):
             transport.write(data[sent:])
 
-    def wake_writers(self, drained):
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(drained)
-
-    def sendMessage(self, payload, *args, **kwargs):
+    def sendMessage(self, payload: bytes, *args: Any, **kwargs: Any) -> None:
         # Frames the consumer did not hold back (presence, errors, the sync consumer's).
-        self.count_while_full(len(payload))
+        self.flow.count_while_full(len(payload))
         super().sendMessage(payload, *args, **kwargs)
 
-    def sendPreparedMessage(self, preparedMsg):
-        self.count_while_full(len(preparedMsg.payload))
+    def sendPreparedMessage(self, preparedMsg: Any) -> None:
+        self.flow.count_while_full(len(preparedMsg.payload))
         if self.state == WebSocketProtocol.STATE_OPEN:  # unlike sendMessage, it does not check
             super().sendPreparedMessage(preparedMsg)
 
-    def count_while_full(self, size):
-        if self.full_since is not None:
-            self.bytes_while_full += size
-            if self.bytes_while_full > settings.CHAT_MAX_SEND_BUFFER:
-                self.close_slow_consumer("buffer")  # a send then raises Disconnected
-
-    def close_slow_consumer(self, reason):
-        """Closes with 4008 and counts why, once: later reasons find it closing."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return
-        metrics.slow_consumer_disconnects.labels(reason).inc()
-        self.serverClose(code=protocol.CLOSE_SLOW_CONSUMER)
-        self.wake_writers(False)
-
-    def serverClose(self, code=None):
+    def serverClose(self, code: int | None = None) -> None:
         if code == protocol.CLOSE_SLOW_CONSUMER:
             # The close frame waits behind what the client has not read: it gets as
             # long to read them as it had for the rest, then the connection is dropped.
@@ -220,7 +159,7 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         # again later). Its sendCloseFrame() sends any code.
         self.sendCloseFrame(code=1000 if code is None else code, isReply=False)
 
-    def dropConnection(self, abort=False):
+    def dropConnection(self, abort: bool = False) -> None:
         # After a clean closing handshake autobahn resets the TCP connection (abort).
         # A reset makes the kernel discard what the proxy has not read yet, and nginx
         # then cut some clients off with 1006 instead of passing on the close: end
@@ -228,24 +167,120 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         super().dropConnection(abort=abort and not self.wasClean)
 
 
+class SocketWriteFlow:
+    """A WebSocket's write side: the socket's producer, which Twisted tells as its write
+    buffer fills and drains (IPushProducer), and the write flow the consumer sees
+    (chat.write_flow.WriteFlow)."""
+
+    __slots__ = ("socket", "full_since", "bytes_while_full", "full_timeout", "drain_waiters")
+
+    def __init__(self, socket: ChatWebSocketProtocol) -> None:
+        self.socket = socket
+        self.full_since: float | None = None  # reactor time the buffer passed its mark
+        self.bytes_while_full = 0
+        self.full_timeout: DelayedCall | None = None
+        self.drain_waiters: list[asyncio.Future[bool]] = []
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        if self.full_since is not None:
+            return  # Twisted calls it again on every write while the buffer is full
+        self.full_since = reactor.seconds()
+        self.bytes_while_full = 0
+        self.full_timeout = reactor.callLater(
+            settings.CHAT_SEND_TIMEOUT, self.close_slow_consumer, "timeout"
+        )
+
+    def resumeProducing(self) -> None:
+        self.full_since = None
+        if self.full_timeout is not None and self.full_timeout.active():
+            self.full_timeout.cancel()
+        self.full_timeout = None
+        self.wake_writers(True)
+
+    def stopProducing(self) -> None:
+        self.release_writers()
+
+    def release_writers(self) -> None:
+        """The connection is going: nothing waits to write to it any more."""
+        self.wake_writers(False)
+        self.resumeProducing()
+
+    def wake_writers(self, drained: bool) -> None:
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(drained)
+
+    # WriteFlow
+
+    def writable(self) -> asyncio.Future[bool] | None:
+        if self.full_since is None:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        if self.socket.open_now():
+            self.drain_waiters.append(waiter)
+        else:
+            waiter.set_result(False)
+        return waiter
+
+    def ready_to_write(self) -> bool:
+        return self.full_since is None and self.socket.open_now()
+
+    def send_shared(self, frame: SharedFrame) -> bool:
+        """Framed once for all the connections of the socket's factory."""
+        socket = self.socket
+        if not socket.open_now():
+            return False
+        factory = socket.factory
+        prepared = frame.prepared.get(factory)
+        if prepared is None:
+            prepared = frame.prepared[factory] = factory.prepareMessage(frame.text.encode())
+        socket.send_prepared(prepared)
+        return True
+
+    def close_slow_consumer(self, reason: str) -> None:
+        """Closes with 4008 and counts why, once: later reasons find it closing."""
+        if not self.socket.open_now():
+            return
+        metrics.slow_consumer_disconnects.labels(reason).inc()
+        self.socket.serverClose(code=protocol.CLOSE_SLOW_CONSUMER)
+        self.wake_writers(False)
+
+    def count_while_full(self, size: int) -> None:
+        """A frame written that the consumer did not hold back: past
+        CHAT_MAX_SEND_BUFFER while the buffer is full, the connection is closed."""
+        if self.full_since is not None:
+            self.bytes_while_full += size
+            if self.bytes_while_full > settings.CHAT_MAX_SEND_BUFFER:
+                self.close_slow_consumer("buffer")  # a send then raises Disconnected
+
+
+def offered_write_flow(socket: ChatWebSocketProtocol) -> WriteFlow:
+    """What the consumer is offered as the scope's WRITE_FLOW extension."""
+    return socket.flow
+
+
 class WriteInternalsChanged(RuntimeError):
     """Twisted or autobahn is not what ChatWebSocketProtocol's writes were written for."""
 
 
-def check_write_internals():
+def check_write_internals() -> None:
     """Fails loudly if Twisted or autobahn no longer work the way write_now() and
     send_shared() use them (requirements.in bounds both)."""
     problems = []
     left, right = socket.socketpair()
     try:
-        connection = tcp.Connection(left, None, reactor)
+        connection = tcp.Connection(left, None, reactor)  # type: ignore[arg-type]
         for name in WRITE_INTERNALS:
             if not hasattr(connection, name):
                 problems.append(f"a Twisted TCP connection has no {name}")
     finally:
         left.close()
         right.close()
-    prepared = WebSocketServerFactory().prepareMessage(b"check")
+    factory = WebSocketServerFactory()  # type: ignore[no-untyped-call]
+    prepared = factory.prepareMessage(b"check")
     if not isinstance(getattr(prepared, "payloadHybi", None), bytes):
         problems.append("autobahn's prepared message has no framed payloadHybi")
     # Where autobahn sets it for each connection (its base protocol's _connectionMade).
@@ -268,16 +303,16 @@ WRITE_INTERNALS = (
 
 
 class DrainingServer(Server):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Frames over the limit close the connection (1009) before being buffered.
         kwargs["websocket_max_message_size"] = settings.CHAT_MAX_FRAME_BYTES
         kwargs["websocket_max_frame_size"] = settings.CHAT_MAX_FRAME_BYTES
         kwargs["signal_handlers"] = False  # run() installs the drain's own
         super().__init__(*args, **kwargs)
-        self.ports = []
-        self.drain_deadline = None
+        self.ports: list[Any] = []  # Twisted's listening ports
+        self.drain_deadline = 0.0
 
-    def run(self):
+    def run(self) -> None:
         check_write_internals()  # at start-up, not on the first message
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.on_signal)
@@ -289,27 +324,28 @@ class DrainingServer(Server):
         gc.freeze()
         super().run()
 
-    def configure_websockets(self):
+    def configure_websockets(self) -> None:
         self.ws_factory.protocol = ChatWebSocketProtocol
         # A protocol violation, such as a frame over the size limit, is answered with
         # its close code (1009) rather than a dropped TCP connection (1006).
         self.ws_factory.setProtocolOptions(failByDrop=False)
 
-    def create_application(self, protocol, scope):
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
         if isinstance(protocol, ChatWebSocketProtocol):
-            extensions = {**(scope.get("extensions") or {}), WRITE_FLOW: protocol}
+            flow = offered_write_flow(protocol)
+            extensions = {**(scope.get("extensions") or {}), WRITE_FLOW: flow}
             scope = {**scope, "extensions": extensions}
         return super().create_application(protocol, scope)
 
-    def listen_success(self, port):
+    def listen_success(self, port: Any) -> None:
         self.ports.append(port)
         super().listen_success(port)
 
-    def on_signal(self, signum, frame):
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
         # In the main thread between bytecodes: hand over to the reactor.
         reactor.callFromThread(self.drain, signal.Signals(signum).name)
 
-    def open_websockets(self):
+    def open_websockets(self) -> list[ChatWebSocketProtocol]:
         return [
             connection
             for connection in self.connections
@@ -317,7 +353,7 @@ class DrainingServer(Server):
             and connection.state == WebSocketProtocol.STATE_OPEN
         ]
 
-    def drain(self, signal_name):
+    def drain(self, signal_name: str) -> None:
         if signal_name == "SIGINT" or not current().start_draining():
             logger.warning("%s: stopping now", signal_name)
             self.stop()
@@ -334,11 +370,11 @@ class DrainingServer(Server):
         reactor.callLater(POLL_SECONDS, self.stop_when_drained)
 
     @staticmethod
-    def close_socket(socket):
+    def close_socket(socket: ChatWebSocketProtocol) -> None:
         if socket.state == WebSocketProtocol.STATE_OPEN:
             socket.serverClose(code=protocol.CLOSE_SERVICE_RESTART)
 
-    def stop_when_drained(self):
+    def stop_when_drained(self) -> None:
         # Busy: a consumer still leaving its group, or a socket whose closing
         # handshake has not ended; exiting would reset it, and the proxy would then
         # drop the close frame it has not passed on yet (the client sees 1006).

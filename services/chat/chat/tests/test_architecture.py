@@ -1,7 +1,10 @@
-"""The service's modules import only downward, and library internals stay in one
-module each."""
+"""The service's modules import only downward, library internals stay in one module
+each, the channel layer is only an adapter, and the type checker guards the contracts."""
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,36 @@ def test_private_names_of_libraries_are_used_in_the_seams_only():
         and not node.attr.startswith("__")
     }
     assert users <= PRIVATE_NAME_USERS
+
+
+def test_the_channel_layer_imports_nothing_of_the_consumer_side():
+    """Tests that chat.channel_layer, the adapter to channels_redis, hands messages over
+    through its MessageHandler and imports none of the modules that handle them."""
+    known = {module_name(path): path for path in modules()}
+    imports = service_imports(SERVICE / "chat" / "channel_layer.py", known)
+    assert imports <= {"chat", "chat.channel_layer"}, sorted(imports)
+
+
+def test_the_type_checker_fails_on_a_broken_contract(tmp_path):
+    """Tests that the service's types are checked against its contracts: with a method
+    the consumer's write flow needs (WriteFlow.ready_to_write) removed from the
+    server's write flow, mypy fails and names it. `make lint` runs it on the real code."""
+    repository = SERVICE.parents[1]
+    copy = tmp_path / "services" / "chat"
+    shutil.copytree(SERVICE, copy, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    shutil.copy(repository / "pyproject.toml", tmp_path)
+    serve = copy / "chatsite" / "serve.py"
+    source = serve.read_text()
+    start = source.index("    def ready_to_write(self) -> bool:")
+    end = source.index("    def send_shared(self, frame: SharedFrame) -> bool:")
+    serve.write_text(source[:start] + source[end:])
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert '"SocketWriteFlow" is missing following "WriteFlow" protocol member' in checked.stdout
+    assert "ready_to_write" in checked.stdout
+    assert "Found 1 error in 1 file" in checked.stdout, checked.stdout

@@ -1,5 +1,6 @@
-"""The WebSocket protocol's write flow (chatsite.serve): how a consumer waits for a
-slow client's socket, and hears when the connection goes."""
+"""The server (chatsite.serve): the WebSocket's write flow, how a consumer waits for a
+slow client's socket and hears when the connection goes, and the fan-out's direct
+writes with the start-up check of the Twisted and autobahn internals they read."""
 
 import socket as stdlib_socket
 
@@ -16,12 +17,18 @@ class Transport:
 
 
 @pytest.fixture
-def socket():
+def protocol():
     protocol = ChatWebSocketProtocol()
     protocol.state = ChatWebSocketProtocol.STATE_OPEN
     protocol.transport = Transport()
     yield protocol
-    protocol.resumeProducing()  # cancels the send timeout's timer
+    protocol.flow.resumeProducing()  # cancels the send timeout's timer
+
+
+@pytest.fixture
+def socket(protocol):
+    """The protocol's write side: the socket's producer and the consumer's write flow."""
+    return protocol.flow
 
 
 async def test_a_socket_with_room_is_writable_at_once(socket):
@@ -48,20 +55,20 @@ async def test_twisted_pausing_again_does_not_restart_the_count(socket):
 
 
 @pytest.mark.parametrize("going", ["unregisterProducer", "stopProducing"])
-async def test_a_writer_hears_when_the_connection_goes(socket, going):
+async def test_a_writer_hears_when_the_connection_goes(protocol, socket, going):
     """Tests that a consumer waiting to write is released when autobahn drops the
     connection (it unregisters the producer first) or Twisted loses it: else the
     consumer never handles its disconnect, and its connection is counted for ever."""
     socket.pauseProducing()
     waiting = socket.writable()
-    getattr(socket, going)()
+    getattr(protocol if going == "unregisterProducer" else socket, going)()
     assert waiting.result() is False
     assert socket.full_timeout is None
 
 
-async def test_a_closing_socket_is_not_waited_for(socket):
+async def test_a_closing_socket_is_not_waited_for(protocol, socket):
     socket.pauseProducing()
-    socket.state = ChatWebSocketProtocol.STATE_CLOSING
+    protocol.state = ChatWebSocketProtocol.STATE_CLOSING
     assert socket.writable().result() is False
 
 
