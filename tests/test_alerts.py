@@ -7,7 +7,7 @@ import subprocess
 
 import yaml
 
-from .deploy import (
+from harness.deploy_files import (
     ROOT,
     alert_rules,
     compose,

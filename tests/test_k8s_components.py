@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from .deploy import (
+from harness.deploy_files import (
     ROOT,
     defaults,
     gateway_api_validator,
@@ -20,6 +20,7 @@ from .deploy import (
     service_series,
     validate_k8s,
 )
+
 from .test_manifests import GATEWAY, KUBERNETES_VERSIONS, SHARDS
 
 AUTOSCALING = ROOT / "k8s" / "components" / "connection-autoscaling"

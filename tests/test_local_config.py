@@ -6,7 +6,12 @@ import re
 
 import pytest
 
-from .deploy import defaults, load_local_cluster, load_local_rendering, nginx_listen_ports
+from harness.deploy_files import (
+    defaults,
+    load_local_cluster,
+    load_local_rendering,
+    nginx_listen_ports,
+)
 
 config = load_local_cluster()
 rendering = load_local_rendering()

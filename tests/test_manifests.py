@@ -9,8 +9,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from . import deploy
-from .deploy import (
+from harness import deploy_files
+from harness.deploy_files import (
     ROOT,
     compose,
     compose_ha,
@@ -238,7 +238,7 @@ def test_checkov_finds_nothing(tmp_path, path):
 @pytest.fixture(scope="module")
 def compose_environment():
     """Compose v2 as a CLI plugin (from PyPI); `config` needs no engine."""
-    return deploy.compose_environment()
+    return deploy_files.compose_environment()
 
 
 def test_docker_compose_config_accepts_the_file(compose_environment):

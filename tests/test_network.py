@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .deploy import ROOT, defaults, load_local_cluster, load_local_rendering
+from harness.deploy_files import ROOT, defaults, load_local_cluster, load_local_rendering
 
 config = load_local_cluster()
 rendering = load_local_rendering()

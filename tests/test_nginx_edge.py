@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from .deploy import ROOT, compose, defaults, k8s_config_file, k8s_container, k8s_object
+from harness.deploy_files import ROOT, compose, defaults, k8s_config_file, k8s_container, k8s_object
+
 from .test_single_source import LOCATIONS, NGINX_COMPOSE, local_nginx_conf
 
 # (modifier, pattern, body) of each location of the shared file, in order.

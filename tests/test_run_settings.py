@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from .deploy import ROOT, defaults, load_local_cluster, load_local_module
+from harness.deploy_files import ROOT, defaults, load_local_cluster, load_local_module
 
 config = load_local_cluster()
 run_settings = load_local_module("run_settings")

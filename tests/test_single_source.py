@@ -9,8 +9,7 @@ import sys
 import pytest
 
 from chat import probes
-
-from .deploy import (
+from harness.deploy_files import (
     ROOT,
     compose,
     compose_ha,

@@ -11,8 +11,8 @@ import pytest
 
 from chat.protocol import GAP_NONE, UNAVAILABLE
 from harness.client import chat_query, join
+from harness.deploy_files import defaults
 
-from ..deploy import defaults
 from .conftest import compose_stack
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]

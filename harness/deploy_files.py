@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from chat import metrics  # noqa: F401 - registers the service's metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+from .paths import ROOT
 
 
 def read_env_file(path):
