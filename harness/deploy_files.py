@@ -101,7 +101,7 @@ def kustomize_with(resource, *components):
         return kustomize(overlay)
 
 
-# The HTTPRoute v1 schema of Gateway API v1.2.1 (tests/schemas/README.md).
+# The HTTPRoute v1 schema of Gateway API v1.2.1 (tests/deploy/schemas/README.md).
 GATEWAY_API_SCHEMAS = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-v1-gateway-api-v1.2.1.json",
 }
@@ -123,7 +123,7 @@ def strict(schema):
 @cache
 def gateway_api_validator(api_version, kind):
     name = GATEWAY_API_SCHEMAS[(api_version, kind)]
-    schema = json.loads((ROOT / "tests" / "schemas" / name).read_text())
+    schema = json.loads((ROOT / "tests" / "deploy" / "schemas" / name).read_text())
     return jsonschema.Draft4Validator(strict(schema))
 
 
