@@ -13,8 +13,6 @@ from chat.protocol import GAP_NONE, UNAVAILABLE
 from harness.client import chat_query, join
 from harness.deploy_files import defaults
 
-from .conftest import compose_stack
-
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
 
 SERVERS = ("redis", "redis-replica", "redis-replica-2")
@@ -29,14 +27,6 @@ READYZ = (
 PROMOTION_TIMEOUT_S = 75
 ACK_TIMEOUT_S = 30
 REJOIN_TIMEOUT_S = 60
-
-
-@pytest.fixture(scope="module")
-def ha_stack(engine):
-    with compose_stack(
-        engine, "ha", files=("docker-compose.yml", "docker-compose.ha.yml")
-    ) as stack:
-        yield stack
 
 
 def primary(stack, sentinel="sentinel-1"):

@@ -11,6 +11,10 @@ import pytest
 
 from harness import deploy_files
 from harness.deploy_files import (
+    K8S_GATEWAY,
+    K8S_SENTINEL,
+    K8S_SHARDS,
+    KUBERNETES_VERSIONS,
     ROOT,
     compose,
     compose_ha,
@@ -21,12 +25,7 @@ from harness.deploy_files import (
     validate_k8s,
 )
 
-# The newest schemas kubernetes-validate ships, and the oldest release still supported.
-KUBERNETES_VERSIONS = [kubernetes_validate.latest_version(), "1.32.0"]
-SENTINEL = "k8s/variants/redis-sentinel"
-SHARDS = "k8s/variants/redis-shards"
-GATEWAY = "k8s/overlays/example"
-VARIANTS = ["k8s", "k8s/variants/sync-consumer", SENTINEL, SHARDS, GATEWAY]
+VARIANTS = ["k8s", "k8s/variants/sync-consumer", K8S_SENTINEL, K8S_SHARDS, K8S_GATEWAY]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 SCAN_BIN = ROOT / ".venv-scan" / "bin"
 
@@ -206,7 +205,7 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", ["k8s", SENTINEL, SHARDS, GATEWAY])
+@pytest.mark.parametrize("path", ["k8s", K8S_SENTINEL, K8S_SHARDS, K8S_GATEWAY])
 def test_checkov_finds_nothing(tmp_path, path):
     """Tests the Dockerfile and the rendered k8s objects with checkov; skips are in
     .checkov.yaml, each with its reason."""
@@ -283,7 +282,7 @@ def test_the_sentinel_variant_replaces_only_redis_and_the_chat_settings():
     """Tests that k8s/variants/redis-sentinel keeps every base object but the single Redis
     (Deployment and Service) and the chat Deployment, which it points at the Sentinels."""
     base = {(o["kind"], o["metadata"]["name"]): o for o in kustomize("k8s")}
-    variant = {(o["kind"], o["metadata"]["name"]): o for o in kustomize(SENTINEL)}
+    variant = {(o["kind"], o["metadata"]["name"]): o for o in kustomize(K8S_SENTINEL)}
     removed = set(base) - set(variant)
     assert removed == {("Deployment", "redis"), ("Service", "redis")}
     changed = {key for key in base if key in variant and base[key] != variant[key]}
@@ -310,8 +309,8 @@ def test_the_sentinel_variant_persists_replicates_and_keeps_a_quorum():
     """Tests 2 Redis pods with a volume each and the AOF, 3 Sentinels, headless Services
     that publish pods before they are ready, disruption budgets that keep a server and the
     quorum, and pods spread over nodes."""
-    redis = k8s_object("StatefulSet", "redis", SENTINEL)["spec"]
-    sentinel = k8s_object("StatefulSet", "redis-sentinel", SENTINEL)["spec"]
+    redis = k8s_object("StatefulSet", "redis", K8S_SENTINEL)["spec"]
+    sentinel = k8s_object("StatefulSet", "redis-sentinel", K8S_SENTINEL)["spec"]
     assert redis["replicas"] == 3
     assert sentinel["replicas"] == 3
     assert redis["serviceName"] == "redis-headless"
@@ -324,12 +323,13 @@ def test_the_sentinel_variant_persists_replicates_and_keeps_a_quorum():
     assert k8s_env(server)["REDIS_APPENDONLY"] == "everysec"
     assert redis["template"]["spec"]["securityContext"]["fsGroup"] == 10999
     for name in ("redis-headless", "redis-sentinel"):
-        service = k8s_object("Service", name, SENTINEL)["spec"]
+        service = k8s_object("Service", name, K8S_SENTINEL)["spec"]
         assert service["clusterIP"] == "None"
         assert service["publishNotReadyAddresses"] is True
-    assert k8s_object("PodDisruptionBudget", "redis", SENTINEL)["spec"]["maxUnavailable"] == 1
+    assert k8s_object("PodDisruptionBudget", "redis", K8S_SENTINEL)["spec"]["maxUnavailable"] == 1
     assert (
-        k8s_object("PodDisruptionBudget", "redis-sentinel", SENTINEL)["spec"]["minAvailable"] == 2
+        k8s_object("PodDisruptionBudget", "redis-sentinel", K8S_SENTINEL)["spec"]["minAvailable"]
+        == 2
     )
     for spec in (redis, sentinel):
         pod = spec["template"]["spec"]
@@ -342,7 +342,7 @@ def test_the_sentinel_variant_lets_the_pods_reach_each_other():
     from chat, Redis and each other."""
     policies = {
         o["metadata"]["name"]: o["spec"]
-        for o in kustomize(SENTINEL)
+        for o in kustomize(K8S_SENTINEL)
         if o["kind"] == "NetworkPolicy"
     }
 

@@ -6,12 +6,22 @@ import re
 
 import pytest
 
-from harness.deploy_files import ROOT, compose, defaults, k8s_config_file, k8s_container, k8s_object
-
-from .test_single_source import LOCATIONS, NGINX_COMPOSE, local_nginx_conf
+from harness.deploy_files import (
+    NGINX_COMPOSE,
+    NGINX_LOCATIONS,
+    ROOT,
+    compose,
+    defaults,
+    k8s_config_file,
+    k8s_container,
+    k8s_object,
+    local_nginx_conf,
+)
 
 # (modifier, pattern, body) of each location of the shared file, in order.
-LOCATION_BLOCKS = re.findall(r"^location\s+(=|~|\^~)?\s*(\S+)\s*\{(.*?)^\}", LOCATIONS, re.M | re.S)
+LOCATION_BLOCKS = re.findall(
+    r"^location\s+(=|~|\^~)?\s*(\S+)\s*\{(.*?)^\}", NGINX_LOCATIONS, re.M | re.S
+)
 
 
 def chosen_location(path):

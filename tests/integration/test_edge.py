@@ -9,9 +9,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from harness.client import join
+from harness.cluster import start_cluster
 from harness.http import get
-
-from .conftest import start_cluster
 
 # Loopback is a /8: a client socket bound to 127.0.0.2 is another client address to
 # nginx, which listens on 127.0.0.1.

@@ -7,9 +7,8 @@ import resource
 
 import pytest
 
+from harness.cluster import start_cluster
 from harness.presence_scale import fill_room
-
-from .conftest import start_cluster
 
 # Bytes of presence one client may be sent while a room fills to N, at most: about
 # 50 per member that joins after it (a diff entry: id, name and JSON), the capped

@@ -9,12 +9,11 @@ import json
 import pytest
 
 from harness.client import join
+from harness.cluster import start_cluster
 from harness.faults import scenarios
 from harness.faults.injectors import inject_failover, sentinel_primary, wait_ready
 from harness.faults.report import details, table
 from harness.http import get
-
-from .conftest import start_cluster
 
 FAULT_OPTIONS = scenarios.Options(
     clients=12, rooms=3, rate=5, seconds=10, warmup=3, settle=3, quiesce=20, drain_seconds=2

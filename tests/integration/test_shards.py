@@ -10,12 +10,11 @@ import pytest
 import redis
 
 from harness.client import join
+from harness.cluster import start_cluster
 from harness.faults import scenarios
 from harness.faults.report import details, table
 from harness.http import get, prometheus_query
 from harness.shards import rooms_per_shard
-
-from .conftest import start_cluster
 
 ROOMS_PER_SHARD = 3
 FAULT_OPTIONS = scenarios.Options(

@@ -6,8 +6,7 @@ import pytest
 
 from chat.protocol import CLOSE_SLOW_CONSUMER
 from harness import slow_consumers
-
-from .conftest import start_cluster
+from harness.cluster import start_cluster
 
 SCENARIO = slow_consumers.Scenario(slow=10, senders=10, rate=20, message_bytes=16000, seconds=20)
 # Each reader gets 3.2 MB/s: a send buffer of 2 MiB lets one fall behind for 0.6 s, as

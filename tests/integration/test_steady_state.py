@@ -6,10 +6,9 @@ import time
 import pytest
 import redis
 
+from harness.cluster import start_cluster
 from harness.http import replica_gauges
 from harness.steady import ChatTarget, Load, bursts
-
-from .conftest import start_cluster
 
 LEFT_AT_ZERO = ("chat_connections_open", "chat_layer_channels", "chat_layer_groups")
 GROWING = ("chat_asyncio_tasks", "chat_gc_objects")
