@@ -33,13 +33,6 @@ from harness.deploy_files import (
 DOCKERFILE = (ROOT / "services" / "chat" / "Dockerfile").read_text()
 PROMETHEUS_COMPOSE = (ROOT / "deploy" / "prometheus" / "prometheus.compose.yml").read_text()
 REDIS_START = (ROOT / "deploy" / "redis" / "redis-start.sh").read_text()
-# What the service side of issue 13 reads; until it does, the runtimes may set them.
-SENTINEL_SETTINGS = {
-    "REDIS_SENTINELS",
-    "REDIS_SENTINEL_MASTERS",
-    "REDIS_ACK_REPLICAS",
-    "REDIS_ACK_TIMEOUT_MS",
-}
 
 
 def port(name):
@@ -176,7 +169,6 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
     kubernetes = {e["name"] for e in k8s_container("chat")["env"]}
     kubernetes_ha = set(k8s_env(k8s_container("chat", K8S_SENTINEL)))
     kubernetes_shards = set(k8s_env(k8s_container("chat", K8S_SHARDS)))
-    pending = SENTINEL_SETTINGS - read
     for runtime, names in (
         ("local", local),
         ("compose", composed),
@@ -185,10 +177,8 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
         ("k8s redis-sentinel", kubernetes_ha),
         ("k8s redis-shards", kubernetes_shards),
     ):
-        unread = names - read - pending
+        unread = names - read
         assert not unread, f"{runtime} sets variables the service never reads: {unread}"
-    if pending:
-        pytest.skip(f"the service does not read {sorted(pending)} yet (issue 13's service side)")
 
 
 def test_every_runtime_waits_out_the_drain():
@@ -229,7 +219,7 @@ def test_every_variable_the_service_reads_is_documented():
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
     missing = service_settings_read() - documented
     assert not missing, f"not in README.md's configuration table: {missing}"
-    deployment_settings = SENTINEL_SETTINGS | {"REDIS_APPENDONLY", "REPLICAS"}
+    deployment_settings = {"REDIS_APPENDONLY", "REPLICAS"}
     missing_ports = {
         n for n in defaults() if n.endswith("_PORT") or n in deployment_settings
     } - documented
