@@ -22,7 +22,7 @@ READYZ = (
     "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8001/readyz').read().decode())"
 )
 # Down-after 2 s, then the Sentinels' election and promotion: 3-4 s. But a Sentinel whose
-# timer is held up over 2 s (the host stalled: seen here at the moment of `docker kill`)
+# timer is held up over 2 s (the host can stall at the moment of `docker kill`)
 # enters TILT and does nothing for 30 s (Redis' Sentinel docs, "TILT mode"), then fails over.
 PROMOTION_TIMEOUT_S = 75
 ACK_TIMEOUT_S = 30

@@ -125,7 +125,7 @@ async def test_the_relay_delays_each_direction_and_keeps_the_order():
         rest = await asyncio.wait_for(reader.readexactly(6 * 199), 5)
         assert first + rest == b"".join(chunks)
         # To the microsecond: differences of the loop's large float clock are off by
-        # about 1e-12 (a CI run measured two 0.05 s delays as 0.0999999999985 s).
+        # about 1e-12, so two 0.05 s delays can come to 0.0999999999985 s.
         assert 0.1 <= round(first_after, 6) < 0.5, first_after
         writer.write_eof()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # the close goes through

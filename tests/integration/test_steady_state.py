@@ -1,5 +1,5 @@
-"""A replica that has carried load is as it was before (issue 12): three identical
-bursts on one cluster cost the same per delivery, and each leaves nothing behind."""
+"""A replica that has carried load is as it was before: three identical bursts on one
+cluster cost the same per delivery, and each leaves nothing behind."""
 
 import time
 
@@ -13,8 +13,8 @@ from harness.steady import ChatTarget, Load, bursts
 LEFT_AT_ZERO = ("chat_connections_open", "chat_layer_channels", "chat_layer_groups")
 GROWING = ("chat_asyncio_tasks", "chat_gc_objects")
 POOL_SIZE = 8
-# Generous: a shared 2-core machine is noisy. A replica that took Channels' database
-# hop on every delivery after its first disconnect cost 1.5 times as much.
+# Generous, since a shared 2-core machine is noisy, yet below the 1.5 of a replica that
+# takes Channels' database hop on every delivery.
 MAX_COST_RATIO = 1.3
 # Objects the second and third burst may leave beyond the first's (a connection of a
 # pool that was not needed before, caches): a leak of one per connection is 400.
