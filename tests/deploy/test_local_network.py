@@ -56,6 +56,8 @@ def test_names_and_addresses_are_derived_from_the_lb_port():
 
 
 def test_loopback_is_every_program_on_127_0_0_1():
+    """Tests that in loopback mode every program is on 127.0.0.1 in no namespace, and that a
+    delay, which needs its own hosts, is refused."""
     plan = layout(mode="loopback")
     assert {plan.address(name) for name in ("chat-1", "redis", "nginx")} == {"127.0.0.1"}
     assert plan.hosts == ()

@@ -53,6 +53,8 @@ def test_schema_validation_can_fail():
 
 
 def test_the_variant_changes_only_the_consumer():
+    """Tests that k8s/variants/sync-consumer differs from the base only in the chat
+    Deployment's CHAT_CONSUMER=sync."""
     base, variant = kustomize("k8s"), kustomize("k8s/variants/sync-consumer")
     assert [o["metadata"]["name"] for o in base] == [o["metadata"]["name"] for o in variant]
     changed = [
@@ -69,6 +71,7 @@ def test_the_variant_changes_only_the_consumer():
 
 
 def test_the_expected_objects_are_there():
+    """Tests that the base renders every expected object, with an autoscaling/v2 HPA."""
     kinds = {(o["kind"], o["metadata"]["name"]) for o in kustomize("k8s")}
     for expected in [
         ("Namespace", "chat-cluster"),
@@ -116,6 +119,7 @@ def test_prometheus_scrapes_replicas_while_they_drain():
 
 
 def test_only_chat_pods_reach_redis():
+    """Tests that the network policy lets only the chat pods reach Redis."""
     policy = next(o for o in kustomize("k8s") if o["metadata"]["name"] == "redis-from-chat")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis"}
     assert policy["spec"]["ingress"][0]["from"] == [
@@ -197,6 +201,7 @@ def test_compose_publishes_only_the_load_balancer_and_prometheus():
 
 
 def test_dockerfile_passes_hadolint():
+    """Tests that the chat image's Dockerfile passes hadolint."""
     result = subprocess.run(
         [VENV_BIN / "hadolint", ROOT / "services" / "chat" / "Dockerfile"],
         capture_output=True,

@@ -49,6 +49,8 @@ def test_probe_paths_are_the_ones_the_service_serves():
 
 
 def test_k8s_probes_use_the_same_paths_and_ports():
+    """Tests that Kubernetes' probes, ports, Services, nginx and Prometheus configs and
+    network policy use defaults.env's paths and ports."""
     chat = k8s_container("chat")
     assert chat["readinessProbe"]["httpGet"]["path"] == defaults()["READINESS_PATH"]
     assert chat["livenessProbe"]["httpGet"]["path"] == defaults()["LIVENESS_PATH"]
@@ -83,6 +85,8 @@ def test_the_image_serves_on_chat_port_and_checks_readiness():
 
 
 def test_compose_uses_the_same_ports_and_paths():
+    """Tests that compose's health checks, published ports, nginx and Prometheus configs and
+    Redis address use defaults.env's paths and ports."""
     services = compose()["services"]
     chat_check = " ".join(services["chat"]["healthcheck"]["test"])
     assert f"127.0.0.1:{port('CHAT_PORT')}{defaults()['READINESS_PATH']}" in chat_check

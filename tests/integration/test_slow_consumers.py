@@ -35,6 +35,10 @@ def busy_cluster(tmp_path_factory):
 
 
 async def test_slow_consumers_are_closed_and_lose_nothing(busy_cluster):
+    """Tests that readers that stop are closed with 4008 while every other reader gets every
+    message, each replica's memory grows by less than RSS_GROWTH_LIMIT_MB, a slow
+    reader that resumes misses nothing and gets nothing twice, and no replica logs a
+    traceback."""
     outcome = await slow_consumers.run(busy_cluster, SCENARIO)
 
     assert outcome.received_min == outcome.sent, "a reader missed messages"
