@@ -179,6 +179,13 @@ class LocalCluster:
         return (self.run_dir / "logs" / f"{name}.log").read_text(errors="replace")
 
 
+def start_cluster(tmp_path_factory, name, replicas, **settings):
+    """A cluster brought up in a new directory of pytest's tmp_path_factory."""
+    cluster = LocalCluster(tmp_path_factory.mktemp(name), replicas, settings)
+    cluster.up()
+    return cluster
+
+
 def running(description):
     """Name -> PID of the processes `describe` reports running (a stopped one has None)."""
     return {name: pid for name, pid in description["processes"].items() if pid}

@@ -28,7 +28,7 @@ class Member:
     joined_in: float = None  # seconds from opening the socket to the presence list
     presence_bytes: int = 0
     presence_frames: int = 0
-    members: dict = field(default_factory=dict)  # id (or name, before diffs) -> name
+    members: dict = field(default_factory=dict)  # id (or name, from a server without diffs) -> name
     count: int = 0
     received: set = field(default_factory=set)  # chat messages received
     listed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -36,7 +36,7 @@ class Member:
     def apply(self, frame):
         members = frame.get("members")
         if frame["type"] == "presence" and members and isinstance(members[0], str):
-            # Before diffs: the whole list of names each time.
+            # A server without diffs: the whole list of names each time.
             self.members = dict(enumerate(members))
             self.count = len(members)
             return

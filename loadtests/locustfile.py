@@ -46,7 +46,7 @@ ROOM_PREFIX = os.environ.get("LOCUST_ROOM_PREFIX", "load")
 # How long the bounded mode waits for the last deliveries.
 DRAIN_SECONDS = 10
 # chat.protocol.SUBPROTOCOL, mirrored: the Locust image holds only this file
-# (tests/test_protocol_mirror.py checks that the two agree).
+# (tests/loadtests/test_locustfile.py checks that the two agree).
 SUBPROTOCOL = "chat.v1"
 
 _user_numbers = itertools.count()

@@ -7,7 +7,7 @@ client gets when it resumes:
     python loadtests/slow_consumers.py --slow 50 --senders 10 --rate 8 --seconds 45
 
 --unbounded lifts the service's bounds (CHAT_MAX_SEND_BUFFER 1 GiB, CHAT_SEND_TIMEOUT
-an hour), which is how the service behaved before it had them.
+an hour), to show what they save.
 """
 
 import argparse

@@ -129,3 +129,13 @@ def stack(engine):
     """docker-compose.yml: 3 chat replicas behind nginx, Redis and Prometheus."""
     with compose_stack(engine, "base") as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def ha_stack(engine):
+    """docker-compose.yml with docker-compose.ha.yml: a Redis primary, two replicas and
+    three Sentinels."""
+    with compose_stack(
+        engine, "ha", files=("docker-compose.yml", "docker-compose.ha.yml")
+    ) as stack:
+        yield stack

@@ -11,9 +11,7 @@ import pytest
 
 from chat.protocol import GAP_NONE, UNAVAILABLE
 from harness.client import chat_query, join
-
-from ..deploy import defaults
-from .conftest import compose_stack
+from harness.deploy_files import defaults
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
 
@@ -24,19 +22,11 @@ READYZ = (
     "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8001/readyz').read().decode())"
 )
 # Down-after 2 s, then the Sentinels' election and promotion: 3-4 s. But a Sentinel whose
-# timer is held up over 2 s (the host stalled: seen here at the moment of `docker kill`)
+# timer is held up over 2 s (the host can stall at the moment of `docker kill`)
 # enters TILT and does nothing for 30 s (Redis' Sentinel docs, "TILT mode"), then fails over.
 PROMOTION_TIMEOUT_S = 75
 ACK_TIMEOUT_S = 30
 REJOIN_TIMEOUT_S = 60
-
-
-@pytest.fixture(scope="module")
-def ha_stack(engine):
-    with compose_stack(
-        engine, "ha", files=("docker-compose.yml", "docker-compose.ha.yml")
-    ) as stack:
-        yield stack
 
 
 def primary(stack, sentinel="sentinel-1"):

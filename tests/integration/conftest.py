@@ -8,13 +8,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from harness.browser import CHROMIUM, CHROMIUM_ARGS
-from harness.cluster import LocalCluster
-
-
-def start_cluster(tmp_path_factory, name, replicas, **settings):
-    cluster = LocalCluster(tmp_path_factory.mktemp(name), replicas, settings)
-    cluster.up()
-    return cluster
+from harness.cluster import start_cluster
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ def test_two_pages_on_different_replicas_chat_and_other_rooms_see_nothing(browse
 
 
 def test_presence_drops_a_closed_page(browser, browser_cluster):
+    """Tests that a page's name leaves the other page's presence list when it closes."""
     ada, grace = pages_on_two_replicas(browser, browser_cluster, "presence")
     expect(ada.page.locator("#presence li")).to_have_text(["Ada", "Grace"])
     grace.close()

@@ -5,8 +5,7 @@ import time
 import pytest
 
 from harness.client import join
-
-from .conftest import start_cluster
+from harness.cluster import start_cluster
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from harness.client import join
+from harness.cluster import start_cluster
 from harness.http import get
-
-from .conftest import start_cluster
 
 # Loopback is a /8: a client socket bound to 127.0.0.2 is another client address to
 # nginx, which listens on 127.0.0.1.
@@ -34,6 +33,7 @@ def test_metrics_and_probes_are_not_public(cluster, path):
 
 @pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz"])
 def test_replicas_still_serve_metrics_and_probes_on_their_own_ports(cluster, path):
+    """Tests that each replica answers its metrics and probe paths on its own port."""
     for number in range(1, cluster.replicas + 1):
         assert get(f"http://127.0.0.1:{cluster.replica_port(number)}{path}")[0] == 200
 

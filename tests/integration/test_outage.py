@@ -6,10 +6,9 @@ import time
 
 import pytest
 
+from harness.cluster import start_cluster
+from harness.deploy_files import alert_rules, defaults
 from harness.http import get, prometheus_api
-
-from ..deploy import alert_rules, defaults
-from .conftest import start_cluster
 
 ALERTS = {rule["alert"] for rule in alert_rules()}
 

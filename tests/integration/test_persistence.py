@@ -8,9 +8,8 @@ import signal
 import pytest
 
 from harness.client import chat_query, join
+from harness.cluster import start_cluster
 from harness.faults.injectors import wait_replaced
-
-from .conftest import start_cluster
 
 
 async def resume(cluster, ack, attempts=20):

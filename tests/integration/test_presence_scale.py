@@ -1,20 +1,19 @@
-"""One room of 1,000 chat.v1 clients through nginx on 3 replicas (issue 11, large
-rooms): presence costs each client O(N) bytes, not O(N²), joins stay quick, and a
-message afterwards reaches everyone."""
+"""One room of 1,000 chat.v1 clients through nginx on 3 replicas: presence costs each
+client O(N) bytes, not O(N²), joins stay quick, and a message afterwards reaches
+everyone."""
 
 import asyncio
 import resource
 
 import pytest
 
+from harness.cluster import start_cluster
 from harness.presence_scale import fill_room
-
-from .conftest import start_cluster
 
 # Bytes of presence one client may be sent while a room fills to N, at most: about
 # 50 per member that joins after it (a diff entry: id, name and JSON), the capped
 # snapshot (100 members) and the frames' own fields. The whole list after every join
-# (before diffs) sent 100 times this at N=1,000.
+# instead of diffs would be 100 times this at N=1,000.
 BYTES_PER_MEMBER, FIXED_BYTES = 60, 8000
 JOIN_SECONDS = 5  # from opening the socket to the presence list, for every client
 SIZES = (200, 1000)

@@ -6,8 +6,7 @@ import asyncio
 import pytest
 
 from harness.client import join
-
-from .conftest import start_cluster
+from harness.cluster import start_cluster
 
 
 @pytest.fixture(scope="module", params=["pubsub", "core"])

@@ -13,11 +13,10 @@ import redis
 
 from chat.protocol import UNAVAILABLE
 from harness.client import join, message_frame
+from harness.cluster import start_cluster
 from harness.http import replica_counter
 from harness.logs import log_offsets
 from harness.traffic import Traffic
-
-from .conftest import start_cluster
 
 MAXMEMORY = "4mb"
 FILLERS = 6

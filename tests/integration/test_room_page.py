@@ -169,6 +169,8 @@ def test_the_index_page_checks_names_as_the_server_does(browser, cluster):
 
 
 def test_a_name_the_server_refuses_in_the_address_is_not_used(browser, cluster):
+    """Tests that a ?name= the server would refuse is not used: the stored name stays and a
+    notice says why."""
     person = Person(browser, VIEWPORTS["laptop"])
     person.context.add_init_script("localStorage.setItem('chat-display-name', 'Ada')")
     person.page.goto(f"{cluster.lb_url}/chat/lobby/?name={'B' * 40}")

@@ -9,12 +9,11 @@ import json
 import pytest
 
 from harness.client import join
+from harness.cluster import start_cluster
 from harness.faults import scenarios
 from harness.faults.injectors import inject_failover, sentinel_primary, wait_ready
 from harness.faults.report import details, table
 from harness.http import get
-
-from .conftest import start_cluster
 
 FAULT_OPTIONS = scenarios.Options(
     clients=12, rooms=3, rate=5, seconds=10, warmup=3, settle=3, quiesce=20, drain_seconds=2
@@ -35,6 +34,8 @@ def sentinel_cluster(tmp_path_factory):
 
 
 def test_status_shows_each_redis_role_and_every_sentinel(sentinel_cluster):
+    """Tests that `status` shows the primary, each replica's link and every Sentinel knowing
+    the primary, both replicas and the other Sentinels."""
     status = sentinel_cluster.run("status").stdout
     lines = {line.split()[0]: line for line in status.splitlines()}
     assert "primary, 2 replicas" in lines["redis"], status
@@ -47,6 +48,7 @@ def test_status_shows_each_redis_role_and_every_sentinel(sentinel_cluster):
 
 
 def test_readiness_names_the_primary_the_sentinels_chose(sentinel_cluster):
+    """Tests that a replica's readiness names the primary the Sentinels gave it."""
     status, _, body = get(f"http://127.0.0.1:{sentinel_cluster.replica_port(1)}/readyz")
     assert status == 200, body
     primary = f"chat 127.0.0.1:{sentinel_cluster.redis_port}"

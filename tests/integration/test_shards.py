@@ -10,12 +10,11 @@ import pytest
 import redis
 
 from harness.client import join
+from harness.cluster import start_cluster
 from harness.faults import scenarios
 from harness.faults.report import details, table
 from harness.http import get, prometheus_query
 from harness.shards import rooms_per_shard
-
-from .conftest import start_cluster
 
 ROOMS_PER_SHARD = 3
 FAULT_OPTIONS = scenarios.Options(
@@ -60,6 +59,7 @@ async def test_rooms_on_each_shard_reach_every_replica_exactly_once(sharded):
 
 
 def test_every_replica_is_ready_on_both_shards(sharded):
+    """Tests that every replica's readiness reports both shards as ok."""
     addresses = {f"127.0.0.1:{port}" for port in sharded.redis_ports}
     for number in range(1, sharded.replicas + 1):
         status, _, body = get(f"http://127.0.0.1:{sharded.replica_port(number)}/readyz")
@@ -91,6 +91,7 @@ def test_prometheus_sees_both_shards_from_every_replica(sharded):
 
 
 def test_status_lists_every_shard(sharded):
+    """Tests that the cluster supervises and `status` lists every shard."""
     processes = sharded.process_pids()
     assert {"redis", "redis-2"} <= set(processes), processes
     status = sharded.run("status").stdout

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Starts a Redis server or a Sentinel of chat-cluster, in compose (docker-compose.yml,
 # docker-compose.ha.yml) and Kubernetes (k8s/components/redis-start/ holds a copy that
-# tests/test_single_source.py keeps identical).
+# tests/deploy/test_single_source.py keeps identical).
 #
 #   redis-start.sh server          redis-server; with REDIS_SENTINELS empty a lone Redis
 #   redis-start.sh sentinel        redis-server --sentinel, its config written to SENTINEL_DIR

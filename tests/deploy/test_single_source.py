@@ -9,8 +9,12 @@ import sys
 import pytest
 
 from chat import probes
-
-from .deploy import (
+from harness.deploy_files import (
+    K8S_GATEWAY,
+    K8S_SENTINEL,
+    K8S_SHARDS,
+    NGINX_COMPOSE,
+    NGINX_LOCATIONS,
     ROOT,
     compose,
     compose_ha,
@@ -21,25 +25,14 @@ from .deploy import (
     k8s_object,
     kustomize,
     load_local_cluster,
-    load_local_rendering,
+    local_nginx_conf,
     nginx_listen_ports,
     service_settings_read,
 )
 
 DOCKERFILE = (ROOT / "services" / "chat" / "Dockerfile").read_text()
-LOCATIONS = (ROOT / "deploy" / "nginx" / "chat-locations.conf").read_text()
-NGINX_COMPOSE = (ROOT / "deploy" / "nginx" / "nginx.compose.conf").read_text()
 PROMETHEUS_COMPOSE = (ROOT / "deploy" / "prometheus" / "prometheus.compose.yml").read_text()
 REDIS_START = (ROOT / "deploy" / "redis" / "redis-start.sh").read_text()
-SENTINEL = "k8s/variants/redis-sentinel"
-SHARDS = "k8s/variants/redis-shards"
-# What the service side of issue 13 reads; until it does, the runtimes may set them.
-SENTINEL_SETTINGS = {
-    "REDIS_SENTINELS",
-    "REDIS_SENTINEL_MASTERS",
-    "REDIS_ACK_REPLICAS",
-    "REDIS_ACK_TIMEOUT_MS",
-}
 
 
 def port(name):
@@ -51,11 +44,13 @@ def test_probe_paths_are_the_ones_the_service_serves():
     assert defaults()["LIVENESS_PATH"] == probes.LIVENESS_PATH
     assert defaults()["READINESS_PATH"] == probes.READINESS_PATH
     assert defaults()["METRICS_PATH"] == probes.METRICS_PATH
-    assert f"location = {defaults()['LB_HEALTH_PATH']} {{" in LOCATIONS
-    assert f"location = {defaults()['LB_READINESS_PATH']} {{" in LOCATIONS
+    assert f"location = {defaults()['LB_HEALTH_PATH']} {{" in NGINX_LOCATIONS
+    assert f"location = {defaults()['LB_READINESS_PATH']} {{" in NGINX_LOCATIONS
 
 
 def test_k8s_probes_use_the_same_paths_and_ports():
+    """Tests that Kubernetes' probes, ports, Services, nginx and Prometheus configs and
+    network policy use defaults.env's paths and ports."""
     chat = k8s_container("chat")
     assert chat["readinessProbe"]["httpGet"]["path"] == defaults()["READINESS_PATH"]
     assert chat["livenessProbe"]["httpGet"]["path"] == defaults()["LIVENESS_PATH"]
@@ -90,6 +85,8 @@ def test_the_image_serves_on_chat_port_and_checks_readiness():
 
 
 def test_compose_uses_the_same_ports_and_paths():
+    """Tests that compose's health checks, published ports, nginx and Prometheus configs and
+    Redis address use defaults.env's paths and ports."""
     services = compose()["services"]
     chat_check = " ".join(services["chat"]["healthcheck"]["test"])
     assert f"127.0.0.1:{port('CHAT_PORT')}{defaults()['READINESS_PATH']}" in chat_check
@@ -133,7 +130,7 @@ def test_every_redis_has_the_memory_limit_of_defaults_env():
     args = k8s_container("redis")["args"]
     assert args[args.index("--maxmemory") + 1] == limit
     assert args[args.index("--maxmemory-policy") + 1] == policy
-    for variant in (SENTINEL, SHARDS):
+    for variant in (K8S_SENTINEL, K8S_SHARDS):
         server = k8s_container("redis", variant, kind="StatefulSet")
         environment = k8s_env(server)
         assert (environment["REDIS_MAXMEMORY"], environment["REDIS_MAXMEMORY_POLICY"]) == (
@@ -158,8 +155,8 @@ def test_compose_reads_defaults_env():
 def test_k8s_nginx_locations_are_the_shared_ones():
     """Tests that k8s's copy of the shared nginx locations (kustomize reads only below
     k8s/) is identical to deploy/nginx/chat-locations.conf."""
-    assert (ROOT / "k8s" / "base" / "nginx" / "chat-locations.conf").read_text() == LOCATIONS
-    assert k8s_config_file("nginx-config", "chat-locations.conf") == LOCATIONS
+    assert (ROOT / "k8s" / "base" / "nginx" / "chat-locations.conf").read_text() == NGINX_LOCATIONS
+    assert k8s_config_file("nginx-config", "chat-locations.conf") == NGINX_LOCATIONS
 
 
 def test_every_variable_given_to_the_service_is_one_it_reads():
@@ -174,9 +171,8 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
     composed = set(compose()["services"]["chat"]["environment"])
     composed_ha = set(compose_ha()["services"]["chat"]["environment"])
     kubernetes = {e["name"] for e in k8s_container("chat")["env"]}
-    kubernetes_ha = set(k8s_env(k8s_container("chat", SENTINEL)))
-    kubernetes_shards = set(k8s_env(k8s_container("chat", SHARDS)))
-    pending = SENTINEL_SETTINGS - read
+    kubernetes_ha = set(k8s_env(k8s_container("chat", K8S_SENTINEL)))
+    kubernetes_shards = set(k8s_env(k8s_container("chat", K8S_SHARDS)))
     for runtime, names in (
         ("local", local),
         ("compose", composed),
@@ -185,10 +181,8 @@ def test_every_variable_given_to_the_service_is_one_it_reads():
         ("k8s redis-sentinel", kubernetes_ha),
         ("k8s redis-shards", kubernetes_shards),
     ):
-        unread = names - read - pending
+        unread = names - read
         assert not unread, f"{runtime} sets variables the service never reads: {unread}"
-    if pending:
-        pytest.skip(f"the service does not read {sorted(pending)} yet (issue 13's service side)")
 
 
 def test_every_runtime_waits_out_the_drain():
@@ -229,7 +223,7 @@ def test_every_variable_the_service_reads_is_documented():
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
     missing = service_settings_read() - documented
     assert not missing, f"not in README.md's configuration table: {missing}"
-    deployment_settings = SENTINEL_SETTINGS | {"REDIS_APPENDONLY", "REPLICAS"}
+    deployment_settings = {"REDIS_APPENDONLY", "REPLICAS"}
     missing_ports = {
         n for n in defaults() if n.endswith("_PORT") or n in deployment_settings
     } - documented
@@ -242,7 +236,7 @@ def test_images_are_pinned_in_one_place():
     assert services["redis"]["build"]["args"]["REDIS_IMAGE"].startswith("${REDIS_IMAGE:?")
     redis_dockerfile = (ROOT / "deploy" / "redis" / "Dockerfile").read_text()
     assert f"ARG REDIS_IMAGE={defaults()['REDIS_IMAGE']}" in redis_dockerfile
-    for variant in (SENTINEL, SHARDS):
+    for variant in (K8S_SENTINEL, K8S_SHARDS):
         variant_images = {
             c["image"]
             for o in kustomize(variant)
@@ -270,15 +264,6 @@ def test_images_are_pinned_in_one_place():
         image = defaults()[variable]
         tag = image.rsplit(":", 1)[1]
         assert re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9-]+)?", tag), image
-
-
-def local_nginx_conf(environ=None):
-    """The local cluster's nginx.conf as rendering.py renders it from defaults.env."""
-    local = load_local_cluster()
-    settings = local.ClusterConfig.from_environment(ROOT / ".run" / "test", environ=environ or {})
-    programs = local.Programs("python", "redis-server", "nginx", "prometheus")
-    rendering = load_local_rendering()
-    return rendering.rendered_files(settings, programs, "secret", run_as_root=False)["nginx.conf"]
 
 
 def test_every_nginx_limits_websockets_per_address_as_defaults_env_says():
@@ -336,9 +321,9 @@ def test_the_sentinel_settings_are_the_same_in_every_runtime():
     k8s_sentinels = ",".join(
         f"redis-sentinel-{n}.redis-sentinel:{sentinel_port}" for n in (0, 1, 2)
     )
-    chat = k8s_env(k8s_container("chat", SENTINEL))
-    server = k8s_container("redis", SENTINEL, kind="StatefulSet")
-    sentinel = k8s_container("redis-sentinel", SENTINEL, kind="StatefulSet")
+    chat = k8s_env(k8s_container("chat", K8S_SENTINEL))
+    server = k8s_container("redis", K8S_SENTINEL, kind="StatefulSet")
+    sentinel = k8s_container("redis-sentinel", K8S_SENTINEL, kind="StatefulSet")
     for name, environment in (
         ("chat", chat),
         ("redis", k8s_env(server)),
@@ -358,16 +343,16 @@ def test_the_sentinel_settings_are_the_same_in_every_runtime():
         "sentinel-ready",
     ]
     assert k8s_env(sentinel)["REDIS_HOSTS"].count(",") == 2
-    assert k8s_object("Service", "redis-sentinel", SENTINEL)["spec"]["ports"][0]["port"] == int(
+    assert k8s_object("Service", "redis-sentinel", K8S_SENTINEL)["spec"]["ports"][0]["port"] == int(
         sentinel_port
     )
-    policy = k8s_object("NetworkPolicy", "sentinel-from-chat-redis-and-sentinel", SENTINEL)
+    policy = k8s_object("NetworkPolicy", "sentinel-from-chat-redis-and-sentinel", K8S_SENTINEL)
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": int(sentinel_port)}]
-    policy = k8s_object("NetworkPolicy", "redis-from-redis-and-sentinel", SENTINEL)
+    policy = k8s_object("NetworkPolicy", "redis-from-redis-and-sentinel", K8S_SENTINEL)
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": int(settings["REDIS_PORT"])}]
 
 
-@pytest.mark.parametrize("variant", [SENTINEL, SHARDS])
+@pytest.mark.parametrize("variant", [K8S_SENTINEL, K8S_SHARDS])
 def test_k8s_redis_start_script_is_the_shared_one(variant):
     """Tests that k8s's one copy of deploy/redis/redis-start.sh (kustomize reads only below
     k8s/) is identical to it, and is the one each Redis variant's ConfigMap carries."""
@@ -381,7 +366,7 @@ def test_k8s_redis_start_script_is_the_shared_one(variant):
     assert scripts["data"]["redis-start.sh"] == REDIS_START
 
 
-@pytest.mark.parametrize("variant", [SENTINEL, SHARDS, "k8s/overlays/example"])
+@pytest.mark.parametrize("variant", [K8S_SENTINEL, K8S_SHARDS, K8S_GATEWAY])
 def test_k8s_variants_repeat_the_base_namespace(variant):
     """Tests that each variant gives its own objects the base's namespace."""
     base = (ROOT / "k8s" / "base" / "kustomization.yaml").read_text()

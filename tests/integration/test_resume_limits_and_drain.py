@@ -23,8 +23,7 @@ from chat.protocol import (
     SUBPROTOCOL,
 )
 from harness.client import join, read_until_closed
-
-from .conftest import start_cluster
+from harness.cluster import start_cluster
 
 LIMITS = {
     "CHAT_HISTORY_MAX_LENGTH": "5",

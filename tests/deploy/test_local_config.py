@@ -6,7 +6,12 @@ import re
 
 import pytest
 
-from .deploy import defaults, load_local_cluster, load_local_rendering, nginx_listen_ports
+from harness.deploy_files import (
+    defaults,
+    load_local_cluster,
+    load_local_rendering,
+    nginx_listen_ports,
+)
 
 config = load_local_cluster()
 rendering = load_local_rendering()
@@ -59,12 +64,14 @@ def test_settings_default_to_defaults_env(tmp_path):
 
 
 def test_environment_overrides_defaults_and_empty_values_do_not(tmp_path):
+    """Tests that a set variable overrides defaults.env and an empty one does not."""
     settings = cluster(tmp_path, REPLICAS="2", LB_PORT="", **{"CHAT_PORT": "31001"})
     assert settings.replica_ports == {"chat-1": 31001, "chat-2": 31002}
     assert settings.lb_port == int(defaults()["LB_PORT"])
 
 
 def test_addresses_follow_the_ports(tmp_path):
+    """Tests that every URL, probe and program port is derived from the port settings."""
     settings = cluster(tmp_path, REPLICAS="2", **PORTS)
     assert settings.lb_url == "http://127.0.0.1:31080"
     assert settings.prometheus_url == "http://127.0.0.1:31090"
@@ -96,11 +103,13 @@ def test_addresses_follow_the_ports(tmp_path):
     ],
 )
 def test_bad_settings_are_refused_with_their_name(tmp_path, name, value, message):
+    """Tests that a malformed or out-of-range setting is refused, naming it and its value."""
     with pytest.raises(config.ClusterError, match=re.escape(message)):
         cluster(tmp_path, **{name: value})
 
 
 def test_a_drain_of_zero_is_allowed(tmp_path):
+    """Tests that CHAT_DRAIN_SECONDS=0 is accepted: supervisord still waits out the cleanup."""
     assert cluster(tmp_path, CHAT_DRAIN_SECONDS="0").stop_wait_seconds == (
         2 * config.DRAIN_CLEANUP_SECONDS
     )
@@ -129,6 +138,8 @@ def test_rendering_writes_nothing(tmp_path):
 
 
 def test_nginx_listens_on_lb_port_and_balances_over_every_replica(tmp_path):
+    """Tests that nginx.conf listens on LB_PORT, lists every replica as an upstream, keeps its
+    PID file in the run directory and runs as root only when asked."""
     settings = cluster(tmp_path, REPLICAS="3", **PORTS)
     nginx = render(settings)["nginx.conf"]
     assert nginx_listen_ports(nginx) == {31080}
@@ -140,6 +151,8 @@ def test_nginx_listens_on_lb_port_and_balances_over_every_replica(tmp_path):
 
 
 def test_redis_and_prometheus_use_their_ports(tmp_path):
+    """Tests that redis.conf and prometheus.yml use their ports, the run directory and
+    the replicas' metrics path."""
     settings = cluster(tmp_path, REPLICAS="2", **PORTS)
     files = render(settings)
     assert re.search(r"^port 31380$", files["redis.conf"], re.M)
@@ -151,6 +164,8 @@ def test_redis_and_prometheus_use_their_ports(tmp_path):
 
 
 def test_supervisord_runs_every_program_on_its_port(tmp_path):
+    """Tests that supervisord.conf starts every replica, Redis, nginx and Prometheus on its
+    port, with its log and socket in the run directory."""
     settings = cluster(tmp_path, REPLICAS="2", **PORTS)
     sections = supervisord_sections(render(settings)["supervisord.conf"])
     assert sections["group:chat"]["programs"] == "chat-1,chat-2"
@@ -226,6 +241,7 @@ def test_sentinel_mode_gives_each_shard_two_replicas_and_three_sentinels(tmp_pat
 
 
 def test_a_redis_shard_may_not_take_a_replicas_port(tmp_path):
+    """Tests that a Redis shard's port landing on a replica's port is an error."""
     with pytest.raises(config.ClusterError, match="overlap"):
         cluster(tmp_path, REDIS_SHARDS="2", REDIS_PORT="31000", CHAT_PORT="31001").ports()
 
@@ -268,6 +284,7 @@ def test_replica_environment(tmp_path):
 
 
 def test_percent_signs_reach_the_replica_escaped_for_supervisord(tmp_path):
+    """Tests that a % in a setting is doubled for supervisord, which would expand it."""
     settings = cluster(tmp_path, DJANGO_ALLOWED_HOSTS="a%b", **PORTS)
     program = supervisord_sections(render(settings)["supervisord.conf"])["program:chat-1"]
     assert environment_of(program)["DJANGO_ALLOWED_HOSTS"] == "a%%b"

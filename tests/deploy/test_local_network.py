@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .deploy import ROOT, defaults, load_local_cluster, load_local_rendering
+from harness.deploy_files import ROOT, defaults, load_local_cluster, load_local_rendering
 
 config = load_local_cluster()
 rendering = load_local_rendering()
@@ -56,6 +56,8 @@ def test_names_and_addresses_are_derived_from_the_lb_port():
 
 
 def test_loopback_is_every_program_on_127_0_0_1():
+    """Tests that in loopback mode every program is on 127.0.0.1 in no namespace, and that a
+    delay, which needs its own hosts, is refused."""
     plan = layout(mode="loopback")
     assert {plan.address(name) for name in ("chat-1", "redis", "nginx")} == {"127.0.0.1"}
     assert plan.hosts == ()
@@ -125,7 +127,7 @@ async def test_the_relay_delays_each_direction_and_keeps_the_order():
         rest = await asyncio.wait_for(reader.readexactly(6 * 199), 5)
         assert first + rest == b"".join(chunks)
         # To the microsecond: differences of the loop's large float clock are off by
-        # about 1e-12 (a CI run measured two 0.05 s delays as 0.0999999999985 s).
+        # about 1e-12, so two 0.05 s delays can come to 0.0999999999985 s.
         assert 0.1 <= round(first_after, 6) < 0.5, first_after
         writer.write_eof()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # the close goes through

@@ -73,10 +73,9 @@ async def test_connections_through_nginx_spread_over_replicas(cluster):
 
 
 async def test_closed_connections_leave_no_redis_subscription(cluster):
-    """Tests that every connection's own pub/sub channel is unsubscribed when it closes.
-    Channels cancels the consumer's pending receive, which is when channels_redis
-    unsubscribes; a receive that already completed (a message was waiting) was never
-    cleaned up, and a replica kept most of its closed connections' subscriptions."""
+    """Tests that every connection's own pub/sub channel is unsubscribed when it closes,
+    also one whose last receive had completed (a message was waiting): channels_redis
+    unsubscribes only when a pending receive is cancelled."""
 
     def own_channels():
         output = subprocess.run(

@@ -8,7 +8,10 @@ import jsonschema
 import pytest
 import yaml
 
-from .deploy import (
+from harness.deploy_files import (
+    K8S_GATEWAY,
+    K8S_SHARDS,
+    KUBERNETES_VERSIONS,
     ROOT,
     defaults,
     gateway_api_validator,
@@ -20,7 +23,6 @@ from .deploy import (
     service_series,
     validate_k8s,
 )
-from .test_manifests import GATEWAY, KUBERNETES_VERSIONS, SHARDS
 
 AUTOSCALING = ROOT / "k8s" / "components" / "connection-autoscaling"
 
@@ -36,7 +38,7 @@ def without_hash(manifest):
 def test_the_httproute_validation_can_fail():
     """Tests that the vendored Gateway API schema, made strict, rejects a misspelt field and
     a timeout that is not a Gateway API duration."""
-    route = k8s_object("HTTPRoute", "chat", GATEWAY)
+    route = k8s_object("HTTPRoute", "chat", K8S_GATEWAY)
     validator = gateway_api_validator(route["apiVersion"], route["kind"])
     validator.validate(route)
     rule = route["spec"]["rules"][0]
@@ -54,7 +56,7 @@ def test_the_gateway_overlay_routes_its_hostname_to_nginx():
     WebSockets without a timeout, the hostname first in DJANGO_ALLOWED_HOSTS, nginx trusting
     X-Forwarded-For, and nothing else of the base changed."""
     base = {without_hash(o): o for o in kustomize("k8s")}
-    overlay = {without_hash(o): o for o in kustomize(GATEWAY)}
+    overlay = {without_hash(o): o for o in kustomize(K8S_GATEWAY)}
     assert set(overlay) - set(base) == {("HTTPRoute", "chat")}
     assert set(base) - set(overlay) == set()
     changed = {key for key in base if base[key] != overlay[key]}
@@ -101,7 +103,7 @@ def test_the_shards_variant_replaces_only_redis_and_the_chat_settings():
     """Tests that k8s/variants/redis-shards keeps every base object but the single Redis and
     the chat Deployment, which lists each shard once, in the StatefulSet's order."""
     base = {without_hash(o): o for o in kustomize("k8s")}
-    variant = {without_hash(o): o for o in kustomize(SHARDS)}
+    variant = {without_hash(o): o for o in kustomize(K8S_SHARDS)}
     assert set(base) - set(variant) == {("Deployment", "redis"), ("Service", "redis")}
     changed = {key for key in base if key in variant and base[key] != variant[key]}
     assert changed == {("Deployment", "chat")}

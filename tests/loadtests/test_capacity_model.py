@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from .deploy import ROOT
+from harness.paths import ROOT
 
 MODEL = ROOT / "loadtests" / "capacity_model.py"
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from .deploy import ROOT, defaults, load_local_cluster, load_local_module
+from harness.deploy_files import ROOT, defaults, load_local_cluster, load_local_module
 
 config = load_local_cluster()
 run_settings = load_local_module("run_settings")
@@ -94,6 +94,8 @@ def test_a_failed_record_leaves_the_old_settings(tmp_path, monkeypatch):
 
 
 def test_a_run_directory_without_settings_reads_none_and_a_bad_file_is_refused(tmp_path):
+    """Tests that a run directory without settings reads as None, and that a file of
+    another format or version is refused saying what to do."""
     assert run_settings.read(tmp_path / "missing") is None
     (tmp_path / "settings.json").write_text("LB_PORT=18080\n")
     with pytest.raises(config.ClusterError, match=r"settings\.json is not the settings file"):
@@ -146,12 +148,14 @@ def test_the_warning_says_up_applies_what_a_running_cluster_takes(tmp_path):
 
 
 def test_a_run_directory_outside_the_repository_is_named_whole(tmp_path):
+    """Tests that advice names a run directory outside the repository by its full, quoted path."""
     assert (
         run_settings.make_command("down", tmp_path / "a b") == f"make down RUN_DIR='{tmp_path}/a b'"
     )
 
 
 def test_the_settings_in_force_are_those_that_are_not_defaults(tmp_path):
+    """Tests that the summary lists only the settings that differ from defaults.env."""
     recorded = recorded_cluster(tmp_path, **{**PORTS, "REDIS_PORT": defaults()["REDIS_PORT"]})
     assert run_settings.summary(recorded, defaults(), "recorded") == [
         "REPLICAS=2",

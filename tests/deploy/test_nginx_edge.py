@@ -6,11 +6,22 @@ import re
 
 import pytest
 
-from .deploy import ROOT, compose, defaults, k8s_config_file, k8s_container, k8s_object
-from .test_single_source import LOCATIONS, NGINX_COMPOSE, local_nginx_conf
+from harness.deploy_files import (
+    NGINX_COMPOSE,
+    NGINX_LOCATIONS,
+    ROOT,
+    compose,
+    defaults,
+    k8s_config_file,
+    k8s_container,
+    k8s_object,
+    local_nginx_conf,
+)
 
 # (modifier, pattern, body) of each location of the shared file, in order.
-LOCATION_BLOCKS = re.findall(r"^location\s+(=|~|\^~)?\s*(\S+)\s*\{(.*?)^\}", LOCATIONS, re.M | re.S)
+LOCATION_BLOCKS = re.findall(
+    r"^location\s+(=|~|\^~)?\s*(\S+)\s*\{(.*?)^\}", NGINX_LOCATIONS, re.M | re.S
+)
 
 
 def chosen_location(path):
@@ -40,6 +51,7 @@ def test_metrics_and_probes_are_not_proxied(name):
     "path", ["/", "/chat/", "/chat/lobby/", "/static/chat/room.js", "/ws/chat/lobby/"]
 )
 def test_the_chat_is_proxied(path):
+    """Tests that nginx proxies the chat's pages, static files and WebSockets to the replicas."""
     assert "proxy_pass http://$chat_backend;" in chosen_location(path)
 
 
@@ -81,6 +93,7 @@ def test_a_stopping_nginx_closes_its_websockets_before_it_is_killed():
 
 
 def test_the_copies_of_the_nginx_config_are_the_ones_tested():
+    """Tests that k8s/base/nginx/nginx.conf is the file the ConfigMap tested here carries."""
     assert (ROOT / "k8s" / "base" / "nginx" / "nginx.conf").read_text() == nginx_configs()["k8s"]
 
 

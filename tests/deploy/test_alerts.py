@@ -7,7 +7,7 @@ import subprocess
 
 import yaml
 
-from .deploy import (
+from harness.deploy_files import (
     ROOT,
     alert_rules,
     compose,
@@ -30,6 +30,7 @@ def promtool(*arguments, cwd=PROMETHEUS_DIR):
 
 
 def test_promtool_accepts_the_rules():
+    """Tests that `promtool check rules` accepts alerts.yml and counts every rule."""
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
@@ -50,6 +51,8 @@ def test_the_rules_pass_their_unit_tests():
 
 
 def test_every_alert_has_a_unit_test_a_severity_and_a_runbook():
+    """Tests that every alert has a promtool unit test, a severity, a runbook link, a summary,
+    a description and a row in the README's table of alerts."""
     tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS_DIR / "alerts.test.yml").read_text()))
     for rule in alert_rules():
         assert rule["alert"] in tested, rule["alert"]

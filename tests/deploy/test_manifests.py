@@ -9,8 +9,12 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from . import deploy
-from .deploy import (
+from harness import deploy_files
+from harness.deploy_files import (
+    K8S_GATEWAY,
+    K8S_SENTINEL,
+    K8S_SHARDS,
+    KUBERNETES_VERSIONS,
     ROOT,
     compose,
     compose_ha,
@@ -21,12 +25,7 @@ from .deploy import (
     validate_k8s,
 )
 
-# The newest schemas kubernetes-validate ships, and the oldest release still supported.
-KUBERNETES_VERSIONS = [kubernetes_validate.latest_version(), "1.32.0"]
-SENTINEL = "k8s/variants/redis-sentinel"
-SHARDS = "k8s/variants/redis-shards"
-GATEWAY = "k8s/overlays/example"
-VARIANTS = ["k8s", "k8s/variants/sync-consumer", SENTINEL, SHARDS, GATEWAY]
+VARIANTS = ["k8s", "k8s/variants/sync-consumer", K8S_SENTINEL, K8S_SHARDS, K8S_GATEWAY]
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 SCAN_BIN = ROOT / ".venv-scan" / "bin"
 
@@ -54,6 +53,8 @@ def test_schema_validation_can_fail():
 
 
 def test_the_variant_changes_only_the_consumer():
+    """Tests that k8s/variants/sync-consumer differs from the base only in the chat
+    Deployment's CHAT_CONSUMER=sync."""
     base, variant = kustomize("k8s"), kustomize("k8s/variants/sync-consumer")
     assert [o["metadata"]["name"] for o in base] == [o["metadata"]["name"] for o in variant]
     changed = [
@@ -70,6 +71,7 @@ def test_the_variant_changes_only_the_consumer():
 
 
 def test_the_expected_objects_are_there():
+    """Tests that the base renders every expected object, with an autoscaling/v2 HPA."""
     kinds = {(o["kind"], o["metadata"]["name"]) for o in kustomize("k8s")}
     for expected in [
         ("Namespace", "chat-cluster"),
@@ -117,6 +119,7 @@ def test_prometheus_scrapes_replicas_while_they_drain():
 
 
 def test_only_chat_pods_reach_redis():
+    """Tests that the network policy lets only the chat pods reach Redis."""
     policy = next(o for o in kustomize("k8s") if o["metadata"]["name"] == "redis-from-chat")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis"}
     assert policy["spec"]["ingress"][0]["from"] == [
@@ -198,6 +201,7 @@ def test_compose_publishes_only_the_load_balancer_and_prometheus():
 
 
 def test_dockerfile_passes_hadolint():
+    """Tests that the chat image's Dockerfile passes hadolint."""
     result = subprocess.run(
         [VENV_BIN / "hadolint", ROOT / "services" / "chat" / "Dockerfile"],
         capture_output=True,
@@ -206,7 +210,7 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", ["k8s", SENTINEL, SHARDS, GATEWAY])
+@pytest.mark.parametrize("path", ["k8s", K8S_SENTINEL, K8S_SHARDS, K8S_GATEWAY])
 def test_checkov_finds_nothing(tmp_path, path):
     """Tests the Dockerfile and the rendered k8s objects with checkov; skips are in
     .checkov.yaml, each with its reason."""
@@ -238,7 +242,7 @@ def test_checkov_finds_nothing(tmp_path, path):
 @pytest.fixture(scope="module")
 def compose_environment():
     """Compose v2 as a CLI plugin (from PyPI); `config` needs no engine."""
-    return deploy.compose_environment()
+    return deploy_files.compose_environment()
 
 
 def test_docker_compose_config_accepts_the_file(compose_environment):
@@ -283,7 +287,7 @@ def test_the_sentinel_variant_replaces_only_redis_and_the_chat_settings():
     """Tests that k8s/variants/redis-sentinel keeps every base object but the single Redis
     (Deployment and Service) and the chat Deployment, which it points at the Sentinels."""
     base = {(o["kind"], o["metadata"]["name"]): o for o in kustomize("k8s")}
-    variant = {(o["kind"], o["metadata"]["name"]): o for o in kustomize(SENTINEL)}
+    variant = {(o["kind"], o["metadata"]["name"]): o for o in kustomize(K8S_SENTINEL)}
     removed = set(base) - set(variant)
     assert removed == {("Deployment", "redis"), ("Service", "redis")}
     changed = {key for key in base if key in variant and base[key] != variant[key]}
@@ -310,8 +314,8 @@ def test_the_sentinel_variant_persists_replicates_and_keeps_a_quorum():
     """Tests 2 Redis pods with a volume each and the AOF, 3 Sentinels, headless Services
     that publish pods before they are ready, disruption budgets that keep a server and the
     quorum, and pods spread over nodes."""
-    redis = k8s_object("StatefulSet", "redis", SENTINEL)["spec"]
-    sentinel = k8s_object("StatefulSet", "redis-sentinel", SENTINEL)["spec"]
+    redis = k8s_object("StatefulSet", "redis", K8S_SENTINEL)["spec"]
+    sentinel = k8s_object("StatefulSet", "redis-sentinel", K8S_SENTINEL)["spec"]
     assert redis["replicas"] == 3
     assert sentinel["replicas"] == 3
     assert redis["serviceName"] == "redis-headless"
@@ -324,12 +328,13 @@ def test_the_sentinel_variant_persists_replicates_and_keeps_a_quorum():
     assert k8s_env(server)["REDIS_APPENDONLY"] == "everysec"
     assert redis["template"]["spec"]["securityContext"]["fsGroup"] == 10999
     for name in ("redis-headless", "redis-sentinel"):
-        service = k8s_object("Service", name, SENTINEL)["spec"]
+        service = k8s_object("Service", name, K8S_SENTINEL)["spec"]
         assert service["clusterIP"] == "None"
         assert service["publishNotReadyAddresses"] is True
-    assert k8s_object("PodDisruptionBudget", "redis", SENTINEL)["spec"]["maxUnavailable"] == 1
+    assert k8s_object("PodDisruptionBudget", "redis", K8S_SENTINEL)["spec"]["maxUnavailable"] == 1
     assert (
-        k8s_object("PodDisruptionBudget", "redis-sentinel", SENTINEL)["spec"]["minAvailable"] == 2
+        k8s_object("PodDisruptionBudget", "redis-sentinel", K8S_SENTINEL)["spec"]["minAvailable"]
+        == 2
     )
     for spec in (redis, sentinel):
         pod = spec["template"]["spec"]
@@ -342,7 +347,7 @@ def test_the_sentinel_variant_lets_the_pods_reach_each_other():
     from chat, Redis and each other."""
     policies = {
         o["metadata"]["name"]: o["spec"]
-        for o in kustomize(SENTINEL)
+        for o in kustomize(K8S_SENTINEL)
         if o["kind"] == "NetworkPolicy"
     }
 

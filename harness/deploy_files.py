@@ -17,7 +17,16 @@ from prometheus_client import REGISTRY
 
 from chat import metrics  # noqa: F401 - registers the service's metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+from .paths import ROOT
+
+# The Kubernetes variants and the example overlay, as kustomize paths (k8s itself is "k8s").
+K8S_SENTINEL = "k8s/variants/redis-sentinel"
+K8S_SHARDS = "k8s/variants/redis-shards"
+K8S_GATEWAY = "k8s/overlays/example"
+# The newest schemas kubernetes-validate ships, and the oldest release still supported.
+KUBERNETES_VERSIONS = [kubernetes_validate.latest_version(), "1.32.0"]
+NGINX_LOCATIONS = (ROOT / "deploy" / "nginx" / "chat-locations.conf").read_text()
+NGINX_COMPOSE = (ROOT / "deploy" / "nginx" / "nginx.compose.conf").read_text()
 
 
 def read_env_file(path):
@@ -101,7 +110,7 @@ def kustomize_with(resource, *components):
         return kustomize(overlay)
 
 
-# The HTTPRoute v1 schema of Gateway API v1.2.1 (tests/schemas/README.md).
+# The HTTPRoute v1 schema of Gateway API v1.2.1 (tests/deploy/schemas/README.md).
 GATEWAY_API_SCHEMAS = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-v1-gateway-api-v1.2.1.json",
 }
@@ -123,7 +132,7 @@ def strict(schema):
 @cache
 def gateway_api_validator(api_version, kind):
     name = GATEWAY_API_SCHEMAS[(api_version, kind)]
-    schema = json.loads((ROOT / "tests" / "schemas" / name).read_text())
+    schema = json.loads((ROOT / "tests" / "deploy" / "schemas" / name).read_text())
     return jsonschema.Draft4Validator(strict(schema))
 
 
@@ -227,6 +236,15 @@ def load_local_cluster():
 def load_local_rendering():
     """deploy/local/rendering.py: the files the local cluster generates."""
     return load_local_module("rendering")
+
+
+def local_nginx_conf(environ=None):
+    """The local cluster's nginx.conf as rendering.py renders it from defaults.env."""
+    local = load_local_cluster()
+    settings = local.ClusterConfig.from_environment(ROOT / ".run" / "test", environ=environ or {})
+    programs = local.Programs("python", "redis-server", "nginx", "prometheus")
+    rendering = load_local_rendering()
+    return rendering.rendered_files(settings, programs, "secret", run_as_root=False)["nginx.conf"]
 
 
 def nginx_listen_ports(text):

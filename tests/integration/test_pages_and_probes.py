@@ -52,6 +52,7 @@ def test_probes(cluster):
 
 @pytest.mark.parametrize("room", ["caf%C3%A9", "x" * 81])
 def test_invalid_room_page_through_nginx(cluster, room):
+    """Tests that a room name the service refuses gets a 404 page saying why."""
     status, _, page = get(f"{cluster.lb_url}/chat/{room}/")
     assert status == 404
     assert "1 to 80 characters" in page
