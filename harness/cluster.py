@@ -10,12 +10,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .local_modules import load_local_module
 from .paths import ROOT
 from .processes import pid_alive
 
 CLUSTER_SCRIPT = ROOT / "deploy" / "local" / "cluster.py"
-HOST = "127.0.0.1"
-SENTINELS = 3  # with REDIS_HA=sentinel (deploy/local/redis_servers.py)
+HOST = load_local_module("network").LOOPBACK
+REDIS_SERVERS = load_local_module("redis_servers")
 # Every client of the tests and load tests comes from 127.0.0.1: nginx's per-address
 # WebSocket limits (deploy/defaults.env's LB_WS_*) are raised out of their way, near
 # nginx's maxima. A cluster's own settings override them (tests/integration/test_edge.py).
@@ -64,9 +65,10 @@ class LocalCluster:
     def __post_init__(self):
         self.redis_shards = int(self.settings.get("REDIS_SHARDS", 1))
         self.sentinel = self.settings.get("REDIS_HA") == "sentinel"
-        # With Sentinel each shard has two replicas, and three Sentinels watch them.
-        redis_servers = self.redis_shards * (3 if self.sentinel else 1)
-        sentinels = SENTINELS if self.sentinel else 0
+        # With Sentinel each shard has its replicas, and the Sentinels watch them all.
+        per_shard = 1 + REDIS_SERVERS.REPLICAS_PER_SHARD if self.sentinel else 1
+        redis_servers = self.redis_shards * per_shard
+        sentinels = REDIS_SERVERS.SENTINELS if self.sentinel else 0
         base = free_port_block(self.replicas + redis_servers + sentinels + 2)
         # nginx, the Redis servers (REDIS_PORT + N - 1), the Sentinels, Prometheus,
         # the replicas.

@@ -1,6 +1,5 @@
 """What the deployment files say, read once for the static tests."""
 
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from chat import metrics  # noqa: F401 - registers the service's metrics
 
+from .local_modules import load_local_module
 from .paths import ROOT
 
 # The Kubernetes variants and the example overlay, as kustomize paths (k8s itself is "k8s").
@@ -210,22 +210,6 @@ def service_settings_read():
         )
         names |= set(json.loads(result.stdout))
     return names
-
-
-def load_local_module(name):
-    """A module of deploy/local, beside its scripts and not in a package: loaded by its
-    path under its own name, as the scripts import each other, so that config.py and
-    rendering.py share one `config`."""
-    if name in sys.modules:
-        return sys.modules[name]
-    directory = ROOT / "deploy" / "local"
-    if str(directory) not in sys.path:
-        sys.path.append(str(directory))  # for their imports of each other
-    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_local_cluster():

@@ -48,7 +48,15 @@ def imports(root, path):
 
 
 def in_tests(name):
-    return name == "tests" or name.startswith("tests.")
+    """The top-level tests package, or a test module or conftest of any package (the
+    service's unit tests share their helpers through chat/tests/clients.py)."""
+    last = name.rsplit(".", 1)[-1]
+    return (
+        name == "tests"
+        or name.startswith("tests.")
+        or last.startswith("test_")
+        or last == "conftest"
+    )
 
 
 def imports_from_tests(root):

@@ -11,15 +11,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from network import LOOPBACK, Layout, layout_environment, layout_settings
 from network import SETTINGS as NETWORK_SETTINGS
-from network import Layout, layout_environment, layout_settings
 from redis_servers import RedisLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DEFAULTS_FILE = DEPLOY / "defaults.env"
 SERVICE_DIR = ROOT / "services" / "chat"
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 # The Makefile's RUN_DIR: where a cluster's generated files, logs and settings go.
 DEFAULT_RUN_DIR = ROOT / ".run" / "local"
 

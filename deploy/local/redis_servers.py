@@ -1,6 +1,6 @@
 """The local cluster's Redis servers: one per shard (REDIS_SHARDS), and with
 REDIS_HA=sentinel two replicas for each and three Sentinels that watch them all. Names,
-ports, roles and the settings the replicas get; config.py renders their files.
+ports, roles and the settings the replicas get; rendering.py renders their files.
 
 Program names stay with the process, not the role: after a failover `redis-b` may be
 a shard's primary and `redis` a replica (`make status` shows the roles).
@@ -8,7 +8,8 @@ a shard's primary and `redis` a replica (`make status` shows the roles).
 
 from dataclasses import dataclass
 
-HOST = "127.0.0.1"
+from network import LOOPBACK as HOST
+
 SENTINELS = 3
 # Replicas of each shard's primary. Two, so that after a failover the new primary still
 # has one to confirm each message (REDIS_ACK_REPLICAS=1) while the old one is away:

@@ -132,9 +132,12 @@ async def probe(server: Server, key: str) -> tuple[str, str]:
     """(name, state) of one server."""
     if "master_name" not in server:
         url = server["address"]
-        return redis_address(url), await ping(aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
-        ), key)
+        return redis_address(url), await ping(
+            aioredis.Redis.from_url(
+                url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
+            ),
+            key,
+        )
     name = server["master_name"]
     manager = sentinel(server, REDIS_PING_TIMEOUT)
     try:
