@@ -1,5 +1,5 @@
 # chat-cluster: `make up`, then open http://127.0.0.1:8080/chat/lobby/ in two tabs.
-# Settings are environment variables (see README.md), e.g. `make up REPLICAS=5`.
+# Settings are environment variables (docs/configuration.md), e.g. `make up REPLICAS=5`.
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
