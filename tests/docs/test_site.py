@@ -165,11 +165,19 @@ def test_a_setting_in_both_tables_has_one_default():
         assert str("" if default is None else default) == defaults[name], name
 
 
+RUNBOOK = "docs/operations/metrics.md#alerts"
+
+
 def test_every_alert_has_a_row_on_the_alerts_page(site):
-    """Tests that each rule of deploy/prometheus/alerts.yml is explained, with what to do,
-    on the metrics and alerts page."""
-    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
-    alerts = [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+    """Tests that each rule of deploy/prometheus/alerts.yml names, as its runbook, the
+    alerts section of the metrics page, which explains it with what to do."""
+    groups = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    rules = [rule for group in groups["groups"] for rule in group["rules"]]
     page = (site / "operations" / "metrics" / "index.html").read_text()
-    assert alerts
-    assert not [alert for alert in alerts if f"<td><code>{alert}</code></td>" not in page]
+    assert rules
+    assert 'id="alerts"' in page
+    assert {rule["annotations"]["runbook"] for rule in rules} == {RUNBOOK}
+    unexplained = [
+        rule["alert"] for rule in rules if f"<td><code>{rule['alert']}</code></td>" not in page
+    ]
+    assert not unexplained
