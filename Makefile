@@ -1,5 +1,5 @@
 # chat-cluster: `make up`, then open http://127.0.0.1:8080/chat/lobby/ in two tabs.
-# Settings are environment variables (see README.md), e.g. `make up REPLICAS=5`.
+# Settings are environment variables (docs/configuration.md), e.g. `make up REPLICAS=5`.
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -14,8 +14,10 @@ COMPOSE := deploy/docker/compose.sh
 SCAN_VENV ?= .venv-scan
 RUN_DIR ?= .run/local
 CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
+# make docs serves the documentation on 127.0.0.1 at this port.
+DOCS_PORT ?= 8000
 
-.PHONY: help up down restart status logs test test-compose loadtest capacity chaos soak loadtest-ui test-unit test-integration lint deps system-deps venv scan-venv lock clean
+.PHONY: help up down restart status logs test test-compose loadtest capacity chaos soak loadtest-ui test-unit test-integration lint docs deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -56,7 +58,7 @@ else
 	@$(CLUSTER) logs $(if $(FOLLOW),--follow)
 endif
 
-test: deps scan-venv lint ## Run every check: lint, unit tests, integration tests against a real cluster
+test: deps scan-venv lint ## Run every check: lint, unit tests, static tests, the docs' strict build, integration tests against a real cluster
 	$(PYTHON) -m pytest
 
 test-compose: deps ## Build the images and bring docker-compose.yml up for real (starts a private engine if none runs)
@@ -84,6 +86,9 @@ test-unit: venv ## Run the fast unit tests only
 
 test-integration: deps ## Run the integration tests only (they start their own cluster)
 	$(PYTHON) -m pytest tests/integration
+
+docs: venv ## Serve the documentation on 127.0.0.1 (DOCS_PORT, default 8000), rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 lint: venv ## Check style with ruff
 	$(VENV)/bin/ruff check .

@@ -78,7 +78,7 @@ SERVICE_SETTINGS = (
 SETTINGS = (*CLUSTER_SETTINGS, *NETWORK_SETTINGS.values(), *SERVICE_SETTINGS)
 
 # Redis' own spellings (redis.conf's "memory units"), and the policies a chat can
-# live with: the README's Redis memory section says why volatile-lru is the default.
+# live with (docs/decisions/0016-volatile-lru.md says why volatile-lru is the default).
 REDIS_MEMORY_PATTERN = re.compile(r"\d+(b|k|kb|m|mb|g|gb)?", re.IGNORECASE)
 REDIS_MAXMEMORY_POLICIES = ("volatile-lru", "noeviction")
 REDIS_HA_MODES = ("none", "sentinel")

@@ -1,57 +1,8 @@
-"""The chat's WebSocket protocol, shared by the async and the sync consumer.
+"""The chat's WebSocket protocol, shared by the async and the sync consumer: frames, error
+codes, close codes, gap kinds and the subprotocol.
 
-The WebSocket URL is /ws/chat/<room>/, with optional query parameters:
-    name=Ada                  the display name shown to others
-    last_id=57&epoch=4f1a2b9c resume: replay what came after message 57 of that epoch
-
-Client to server, one text frame per message (the tutorial's protocol):
-
-    {"message": "hello"}
-    {"message": "hello", "ref": "k2v9x1"}
-        "ref" (optional, 1 to 64 of A-Z a-z 0-9 _ -, unique per message) asks for
-        an "ack" and makes retries safe: a ref already published in the room is
-        acknowledged again with its first id, and not sent twice.
-
-Server to client, text frames with a "type":
-
-    {"type": "welcome", "replica": "chat-1", "room": "lobby", "rate_limit": 10, ...}
-        only to clients that offer the subprotocol ``chat.v1``, so the
-        tutorial's own client, which prints every frame's "message", is
-        not shown a line it does not understand. The same holds for
-        "history" and "presence".
-    {"type": "chat", "id": 57, "epoch": "4f1a2b9c", "message": "hello", "name": "Ada",
-     "sent_via": "chat-2", "time": 1764633600123}
-        a message of the room. "id" counts up from 1 in the room within one
-        "epoch" (a new epoch starts if the server lost the room's history);
-        "sent_via" names the replica it was sent to, and "time" when that replica
-        took it, in milliseconds since the Unix epoch (its clock). On joining, the newest
-        messages (CHAT_HISTORY_ON_JOIN), or on resuming, the missed ones, come
-        first, in id order, and a message is never sent twice on a connection.
-    {"type": "history", "epoch": "4f1a2b9c", "last_id": 57, "replayed": 3, "gap": "none"}
-        follows the replayed messages; live ones come after it. "gap" is "none",
-        "trimmed" (some missed messages are older than the history keeps) or
-        "reset" (the room's history was lost: missed messages of the client's
-        epoch cannot be recovered).
-    {"type": "ack", "ref": "k2v9x1", "id": 58, "epoch": "4f1a2b9c", "duplicate": false}
-        to the sender of a message with a "ref": it is stored and published.
-    {"type": "presence", "members": [{"id": "3f9a1c2b7d4e", "name": "Ada"}], "count": 1}
-        who is in the room, on every replica: to a client once, when it joins or
-        resumes (and after the server lost Redis). Each member is one connection:
-        "id" is opaque, the same on every replica, and tells apart two tabs of the
-        same name. At most CHAT_PRESENCE_MAX_LISTED members are listed, sorted by
-        name (all of them when the room has no more); "count" is every connection.
-    {"type": "presence_diff", "joined": [{"id": "9c0d...", "name": "Grace"}],
-     "left": ["3f9a1c2b7d4e"], "count": 2}
-        then, to everyone in the room, who joined and left: one frame per room,
-        replica and CHAT_PRESENCE_COALESCE_MS at most, a burst merged into one. A
-        client adds "joined" and drops "left" by id, ignoring ids it already has or
-        never had; "count" is the room's at that point (the latest frame's is current).
-        Both only to chat.v1 clients of the async consumer.
-    {"type": "error", "code": "invalid_json", "detail": "...", "ref": "k2v9x1"}
-        bad input or a message not sent ("ref" when the message had one); the
-        connection stays open unless a close code follows.
-
-Error codes and close codes are listed in ERRORS and CLOSE_* below and in README.md.
+docs/protocol.md describes it for clients; its tables of error codes, close codes and
+constants are generated from ERRORS, CLOSE_* and the constants below.
 """
 
 import hashlib
