@@ -95,11 +95,3 @@ def test_a_stopping_nginx_closes_its_websockets_before_it_is_killed():
 def test_the_copies_of_the_nginx_config_are_the_ones_tested():
     """Tests that k8s/base/nginx/nginx.conf is the file the ConfigMap tested here carries."""
     assert (ROOT / "k8s" / "base" / "nginx" / "nginx.conf").read_text() == nginx_configs()["k8s"]
-
-
-def test_the_limits_are_in_the_configuration_table():
-    """Tests that README.md's configuration table lists every LB_WS_* setting."""
-    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", (ROOT / "README.md").read_text(), re.M))
-    limits = {name for name in defaults() if name.startswith("LB_WS_")}
-    assert limits
-    assert limits <= documented

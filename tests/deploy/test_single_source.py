@@ -217,19 +217,6 @@ def test_every_runtime_waits_out_the_drain():
     assert pod["terminationGracePeriodSeconds"] > pre_stop + k8s_drain + cleanup
 
 
-def test_every_variable_the_service_reads_is_documented():
-    """Tests that the README's configuration table lists every variable."""
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
-    missing = service_settings_read() - documented
-    assert not missing, f"not in README.md's configuration table: {missing}"
-    deployment_settings = {"REDIS_APPENDONLY", "REPLICAS"}
-    missing_ports = {
-        n for n in defaults() if n.endswith("_PORT") or n in deployment_settings
-    } - documented
-    assert not missing_ports
-
-
 def test_images_are_pinned_in_one_place():
     """Tests that compose takes its images from defaults.env and k8s repeats the same ones."""
     services = compose()["services"]

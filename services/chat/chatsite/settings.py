@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from chatsite.variables import VARIABLES
 
-# Every variable the settings read, for tests/test_single_source.py.
+# Every variable the settings read, for tests/deploy/test_single_source.py.
 ENVIRONMENT_VARIABLES = set()
 
 
