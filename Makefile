@@ -90,9 +90,10 @@ test-integration: deps ## Run the integration tests only (they start their own c
 docs: venv ## Serve the documentation on 127.0.0.1 (DOCS_PORT, default 8000), rebuilt on every change
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
-lint: venv ## Check style with ruff
+lint: venv ## Check style with ruff, and the chat service's types with mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 deps: system-deps venv ## Install everything the cluster and the tests need
 

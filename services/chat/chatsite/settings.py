@@ -7,6 +7,8 @@ default) refuses to start without a secret key.
 """
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
@@ -14,10 +16,10 @@ from django.core.exceptions import ImproperlyConfigured
 from chatsite.variables import VARIABLES
 
 # Every variable the settings read, for tests/deploy/test_single_source.py.
-ENVIRONMENT_VARIABLES = set()
+ENVIRONMENT_VARIABLES: set[str] = set()
 
 
-def text(name):
+def text(name: str) -> str | None:
     """The variable as set, or None when it is unset or blank."""
     if name not in VARIABLES:
         raise KeyError(f"{name} is read but not described in chatsite.variables")
@@ -25,19 +27,28 @@ def text(name):
     return os.environ.get(name, "").strip() or None
 
 
-def default(name):
+def default(name: str) -> Any:
     return VARIABLES[name].default
 
 
-def env(name):
-    value = text(name)
-    return default(name) if value is None else value
-
-
-def env_bool(name):
+def env(name: str) -> str | None:
     value = text(name)
     if value is None:
-        return default(name)
+        fallback = default(name)
+        return None if fallback is None else str(fallback)
+    return value
+
+
+def env_str(name: str) -> str:
+    """A variable whose default is a text (never None)."""
+    value = text(name)
+    return str(default(name)) if value is None else value
+
+
+def env_bool(name: str) -> bool:
+    value = text(name)
+    if value is None:
+        return bool(default(name))
     if value.lower() in {"1", "true", "yes", "on"}:
         return True
     if value.lower() in {"0", "false", "no", "off"}:
@@ -45,26 +56,26 @@ def env_bool(name):
     raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
 
 
-def items(value):
+def items(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
-def env_list(name):
+def env_list(name: str) -> list[str]:
     """A comma-separated setting's items, without blanks; the default's if it has none."""
     return items(text(name)) or items(default(name))
 
 
-def host_and_port(name, address):
+def host_and_port(name: str, address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ImproperlyConfigured(f"{name} must list host:port addresses, not {address!r}")
     return host, int(port)
 
 
-def env_int(name, minimum=1):
+def env_int(name: str, minimum: int = 1) -> int:
     value = text(name)
     if value is None:
-        return default(name)
+        return int(default(name))
     try:
         number = int(value)
     except ValueError:
@@ -74,8 +85,8 @@ def env_int(name, minimum=1):
     return number
 
 
-def env_choice(name, choices):
-    value = env(name)
+def env_choice(name: str, choices: Sequence[str]) -> str:
+    value = env_str(name)
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
@@ -85,9 +96,10 @@ DEBUG = env_bool("DJANGO_DEBUG")
 
 # From the variable, or from a file (a mounted Kubernetes Secret) named by _FILE.
 SECRET_KEY = env("DJANGO_SECRET_KEY")
-if SECRET_KEY is None and env("DJANGO_SECRET_KEY_FILE"):
+SECRET_KEY_FILE = env("DJANGO_SECRET_KEY_FILE")
+if SECRET_KEY is None and SECRET_KEY_FILE:
     try:
-        with open(env("DJANGO_SECRET_KEY_FILE")) as secret_file:
+        with open(SECRET_KEY_FILE) as secret_file:
             SECRET_KEY = secret_file.read().strip() or None
     except OSError as error:
         raise ImproperlyConfigured(f"DJANGO_SECRET_KEY_FILE cannot be read: {error}") from None
@@ -99,7 +111,7 @@ if SECRET_KEY is None:
     SECRET_KEY = "insecure-development-key-used-only-with-DJANGO_DEBUG"
 
 # Also checked against the Origin header of every WebSocket handshake.
-ALLOWED_HOSTS = env("DJANGO_ALLOWED_HOSTS").split(",")
+ALLOWED_HOSTS = env_str("DJANGO_ALLOWED_HOSTS").split(",")
 
 INSTALLED_APPS = [
     "daphne",
@@ -153,7 +165,7 @@ TEMPLATES = [
 ASGI_APPLICATION = "chatsite.asgi.application"
 
 # The chat keeps no relational data.
-DATABASES = {}
+DATABASES: dict[str, dict[str, Any]] = {}
 
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -167,12 +179,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL")},
+    "root": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL")},
 }
 
 # --- The chat service -------------------------------------------------------
 
-CHAT_REPLICA_ID = env("CHAT_REPLICA_ID")
+CHAT_REPLICA_ID = env_str("CHAT_REPLICA_ID")
 
 CHAT_CONSUMER = env_choice("CHAT_CONSUMER", ("async", "sync"))
 CHAT_EVENT_LOOP = env_choice("CHAT_EVENT_LOOP", ("uvloop", "asyncio"))
@@ -204,7 +216,7 @@ CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", minimum=0)
 # drops messages silently past `capacity` (docs/decisions/0003-pubsub-channel-layer.md).
 CHAT_CHANNEL_LAYER = env_choice("CHAT_CHANNEL_LAYER", ("pubsub", "core", "memory"))
 
-REDIS_URLS = env("REDIS_URLS").split(",")
+REDIS_URLS = env_str("REDIS_URLS").split(",")
 # With Sentinel each shard is the primary the Sentinels name; REDIS_URLS is not used.
 REDIS_SENTINELS = [host_and_port("REDIS_SENTINELS", item) for item in env_list("REDIS_SENTINELS")]
 REDIS_SENTINEL_MASTERS = env_list("REDIS_SENTINEL_MASTERS")
