@@ -1,12 +1,11 @@
-"""The capacity model of README.md ("Capacity model"): what a target of connections and
-deliveries a second needs with this stack, from this project's own measurements.
+"""The capacity model (docs/performance/capacity-model.md): what a target of connections
+and deliveries a second needs with this stack, from this project's own measurements.
 
-    python loadtests/capacity_model.py            # the README's table
+    python loadtests/capacity_model.py            # the documentation's table
     python loadtests/capacity_model.py --connections 250000 --deliveries 120000
 
 Every input is an option whose default is a measurement named in its help; a new
-measurement updates the default, and the README's table is this script's output (a test
-keeps the two identical).
+measurement updates the default, and the documentation's table is generated from it.
 """
 
 import argparse

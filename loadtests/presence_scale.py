@@ -1,6 +1,6 @@
 """Presence in one large room: fills a room of each size through nginx on a fresh
 3-replica cluster and prints what each client was sent of presence (the figures of
-README's presence section). A thin command line over harness.presence_scale.
+docs/architecture.md, presence). A thin command line over harness.presence_scale.
 
     python loadtests/presence_scale.py --sizes 200,1000
 """

@@ -1,6 +1,6 @@
 """Redis memory per room, per message of history (100 B and 4,000 B, the most a
 frame of CHAT_MAX_MESSAGE_BYTES carries with its JSON), per ref and per connection, measured
-with MEMORY USAGE on a real 1-replica cluster (the README's sizing table):
+with MEMORY USAGE on a real 1-replica cluster (docs/operations/redis.md):
 
     .venv/bin/python loadtests/redis_sizing.py --messages 1000
 """

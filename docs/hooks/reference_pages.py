@@ -8,10 +8,13 @@ they cannot drift from it.
 - operations/metrics.md: every chat_* metric the service defines (chat.metrics), with its
   type, labels and help text.
 - performance/capacity-model.md: the table loadtests/capacity_model.py prints.
+- development/tests.md: the map of the tests, each test file with the first sentence of
+  its docstring, by directory.
 - performance/results/<name>.md: loadtests/results/<name>/README.md, for each such page
   the nav names.
 """
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -138,7 +141,9 @@ def metrics_table():
         if not isinstance(metric, MetricWrapperBase):
             continue
         (family,) = metric.describe()
-        labels = ", ".join(f"`{label}`" for label in getattr(metric, "_labelnames", ()))
+        # prometheus_client keeps a metric's label names private; read directly, so that
+        # an upgrade that moves them fails the docs' build rather than drops the column.
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
         name = family.name + SERIES_SUFFIX.get(family.type, "")
         rows.append(f"| `{name}` | {family.type} | {labels} | {family.documentation} |")
     for resource, documentation in metrics.RESOURCES.items():
@@ -154,6 +159,35 @@ def capacity_table(root):
     return model.table(model.Inputs())
 
 
+TEST_DIRECTORIES = (
+    "services/chat/chat/tests",
+    "services/chat/chatsite/tests",
+    "tests/deploy",
+    "tests/loadtests",
+    "tests/integration",
+    "tests/compose",
+    "tests/docs",
+    "tests",
+)
+
+
+def test_map(root):
+    """Each test file and what it tests (its docstring's first sentence), by directory.
+    A test file without a docstring fails the build."""
+    sections = []
+    for directory in TEST_DIRECTORIES:
+        rows = []
+        for path in sorted((root / directory).glob("test_*.py")):
+            docstring = ast.get_docstring(ast.parse(path.read_text()))
+            if not docstring:
+                raise ValueError(f"{path.relative_to(root)} has no docstring saying what it tests")
+            first = " ".join(docstring.split()).split(". ")[0].rstrip(".")
+            rows.append(f"| `{path.name}` | {first}. |")
+        table = ["| file | tests |", "| --- | --- |", *rows]
+        sections.append(f"#### `{directory}/`\n\n" + "\n".join(table))
+    return "\n\n".join(sections)
+
+
 GENERATED = {
     "protocol.md": {
         "<!-- generated: error codes -->": lambda root: error_table(),
@@ -162,6 +196,7 @@ GENERATED = {
     },
     "operations/metrics.md": {"<!-- generated: metrics -->": lambda root: metrics_table()},
     "performance/capacity-model.md": {"<!-- generated: capacity model -->": capacity_table},
+    "development/tests.md": {"<!-- generated: test map -->": test_map},
 }
 
 

@@ -52,7 +52,7 @@ def test_the_rules_pass_their_unit_tests():
 
 def test_every_alert_has_a_unit_test_a_severity_and_a_runbook():
     """Tests that every alert has a promtool unit test, a severity, a runbook link, a summary,
-    a description and a row in the README's table of alerts."""
+    and a description; the alerts table lives in docs/operations/metrics.md."""
     tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS_DIR / "alerts.test.yml").read_text()))
     for rule in alert_rules():
         assert rule["alert"] in tested, rule["alert"]

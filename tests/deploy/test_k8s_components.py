@@ -1,5 +1,5 @@
 """The Kubernetes extensions: the gateway component and its example overlay, the Redis
-shards variant and the connection-autoscaling component (README: Kubernetes)."""
+shards variant and the connection-autoscaling component (docs/operations/kubernetes.md)."""
 
 import re
 import subprocess

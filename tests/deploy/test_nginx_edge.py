@@ -1,4 +1,4 @@
-"""The public edge in every runtime's nginx config (README: the public edge): only the
+"""The public edge in every runtime's nginx config (docs/operations/edge.md): only the
 chat is proxied, workers are counted explicitly, and a stopping nginx lets go of its
 WebSockets within the time its runtime gives it."""
 

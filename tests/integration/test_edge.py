@@ -1,4 +1,4 @@
-"""The public edge, through nginx on real clusters (README: the public edge): only the
+"""The public edge, through nginx on real clusters (docs/operations/edge.md): only the
 chat is served, its pages carry a Content-Security-Policy (the room page works under
 it in Chromium: test_edge_browser.py), and one client address has a bounded number
 of WebSockets and handshakes while other addresses are unaffected."""

@@ -1,7 +1,7 @@
 """Redis at its memory limit (REDIS_MAXMEMORY) under chat traffic through nginx: 4 KB
 messages fill a small Redis while resuming clients chat. With either policy no replica
 crashes or logs a traceback, clients get the documented error or gap, and the chat
-recovers once room is freed; the README's Redis memory section gives the figures."""
+recovers once room is freed; docs/operations/redis.md gives the figures."""
 
 import asyncio
 import json

@@ -143,7 +143,7 @@ def describe_replica(replica: str, consumer: str, channel_layer: str) -> None:
 
 
 # What a replica holds, read at each scrape: after load they return to where they
-# started, or something leaks (README: Steady state).
+# started, or something leaks (docs/operations/metrics.md).
 RESOURCES = {
     "layer_channels": "Consumer channels subscribed in this replica's channel layer.",
     "layer_groups": "Room groups with a member in this replica's channel layer.",

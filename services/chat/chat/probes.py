@@ -25,7 +25,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # A readiness probe must answer well within the prober's own timeout.
 REDIS_PING_TIMEOUT = 1.0
 # Readiness writes this key (per replica, short-lived) to learn whether Redis takes
-# writes: at maxmemory with nothing to evict it refuses them (README: Redis memory).
+# writes: at maxmemory with nothing to evict it refuses them (docs/operations/redis.md).
 WRITE_PROBE_KEY = "chat:readiness:{replica}"
 WRITE_PROBE_TTL_MS = 10_000
 

@@ -2,7 +2,7 @@
 
 A server is one shard's Redis, in channels_redis' host form (settings.REDIS_SERVERS):
 {"address": url}, or {"master_name": name, "sentinels": [(host, port), ...]} to follow
-whichever Redis Sentinel says is the primary (README: Redis with Sentinel). A URL
+whichever Redis Sentinel says is the primary (docs/operations/redis.md). A URL
 string is taken as {"address": url}.
 
 Commands time out after REDIS_COMMAND_TIMEOUT, so that a hung Redis is answered
@@ -79,5 +79,5 @@ def chat_redis(server: Server | str, **options: Any) -> aioredis.Redis:
 
 def refuses_writes(error: BaseException) -> bool:
     """Whether Redis refused a write for memory: at maxmemory with nothing it may evict
-    (README: Redis memory). Reads, SUBSCRIBE and PUBLISH still work then."""
+    (docs/operations/redis.md). Reads, SUBSCRIBE and PUBLISH still work then."""
     return isinstance(error, OutOfMemoryError)

@@ -3,10 +3,8 @@ internals (Connection._connect and its _writer), checked at start-up by
 check_internals() and bounded in services/chat/requirements.in.
 
 A connection of the chat's own clients is closed by a reset (SO_LINGER 0), never
-gracefully: on a timeout redis-py closes it, and a graceful close leaves what the kernel
-has not delivered yet in its send queue, retransmitted for minutes. Cut off from Redis
-for 10 s, a replica answered a message `unavailable` and the kernel delivered its
-publish once the network healed: the room got a message its sender was told had failed.
+gracefully: a command that timed out, and was answered `unavailable`, must not reach
+Redis later from the kernel's send queue (docs/decisions/0025-reset-on-close.md).
 """
 
 import inspect

@@ -1,3 +1,6 @@
+"""The WebSocket protocol (chat.protocol): room names, client frames, the chat frame's
+parts, resume positions and display names."""
+
 import json
 
 import pytest

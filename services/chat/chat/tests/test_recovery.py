@@ -1,3 +1,6 @@
+"""The pure decisions of recovery (chat.recovery): the gap a replay reports, and each
+connection's Cursor: send, skip, fill a gap, follow a new epoch."""
+
 import pytest
 
 from chat.protocol import GAP_NONE, GAP_RESET, GAP_TRIMMED, StreamPosition
