@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from chatsite.variables import VARIABLES
+from harness.deploy_files import service_settings_read
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the hooks read besides docs/, linked into a copy of the site.
@@ -97,27 +98,6 @@ def test_the_strict_build_fails_on_a_broken_site(tmp_path, breakage, passes, war
     output = result.stdout + result.stderr
     assert (result.returncode == 0) == passes, output
     assert warning in output
-
-
-def service_settings_read():
-    """The variables chatsite.settings reads, over its branches (the core layer reads its
-    capacity; debug mode without a key reads the key's file)."""
-    code = "import json, chatsite.settings as s; print(json.dumps(sorted(s.ENVIRONMENT_VARIABLES)))"
-    names = set()
-    for environment in (
-        {"DJANGO_SECRET_KEY": "k", "CHAT_CHANNEL_LAYER": "core"},
-        {"DJANGO_DEBUG": "true"},
-    ):
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            env={"PATH": os.environ["PATH"], **environment},
-            cwd=ROOT / "services" / "chat",
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        names |= set(json.loads(result.stdout))
-    return names
 
 
 def local_cluster_settings():
