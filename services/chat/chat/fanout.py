@@ -19,7 +19,8 @@ Whatever the path, the member's Cursor decides send, skip or fill the gap
 (chat.recovery), and Subscription counts what was delivered.
 
 The model is centrifuge's Hub (hub.go): the broker only hands a publication to the
-node; the hub owns the subscriptions, encodes once and writes to each client.
+node; the hub owns the subscriptions, encodes once and writes to each client
+(docs/decisions/0036-fan-out-owner.md, 0022-fan-out-bypass.md).
 """
 
 import asyncio

@@ -1,6 +1,6 @@
 """The one retry policy of the service: a step that failed on Redis is tried again
 after a pause that doubles from first_delay up to max_delay (tenacity's exponential
-wait), a number of times or until it succeeds."""
+wait), a number of times or until it succeeds (docs/decisions/0039-one-retry-policy.md)."""
 
 import asyncio
 from collections.abc import Awaitable, Callable

@@ -170,7 +170,8 @@ class ChatWebSocketProtocol(WebSocketProtocol):
 class SocketWriteFlow:
     """A WebSocket's write side: the socket's producer, which Twisted tells as its write
     buffer fills and drains (IPushProducer), and the write flow the consumer sees
-    (chat.write_flow.WriteFlow)."""
+    (chat.write_flow.WriteFlow). An object of its own, typed, so that the type checker
+    holds it to WriteFlow (docs/decisions/0038-typed-contracts.md)."""
 
     __slots__ = ("socket", "full_since", "bytes_while_full", "full_timeout", "drain_waiters")
 
