@@ -5,6 +5,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from . import metrics, redis_connections
 from .channel_layer import ChatLayer, RoomLayer
+from .publish import TutorialMessages
 from .replica import Replica
 
 
@@ -22,6 +23,8 @@ class ChatConfig(AppConfig):
         channel_layer.check_internals()  # fail at start-up, not on the first message
         redis_connections.check_internals()
         self.replica = Replica.from_settings(channel_layer)
+        # The tutorial's group_send to a room is published like any message.
+        channel_layer.intercept_group_sends_with(TutorialMessages())
         metrics.watch_resources(self.replica.resources)
         metrics.describe_replica(
             settings.CHAT_REPLICA_ID, settings.CHAT_CONSUMER, settings.CHAT_CHANNEL_LAYER

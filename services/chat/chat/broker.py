@@ -87,6 +87,8 @@ class PublishRequest:
     sender: str  # the display name shown with it
     replica: str  # the replica that took it
     ref: str | None = None  # the client's ref: a retry of it is not published twice
+    ref_ttl: int | None = None  # seconds the ref is remembered; None: REF_TTL
+    system: bool = False  # sent by server code (chat.publish), not a member
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class RedisBroker:
         self, request: PublishRequest, sent_at: float, channel: str
     ) -> list[str | int]:
         head, middle, tail = chat_frame_parts(
-            request.text, request.sender, request.replica, sent_at
+            request.text, request.sender, request.replica, sent_at, request.system
         )
         max_age_ms = self.limits.max_age * 1000
         values: dict[str, str | int] = {
@@ -162,7 +164,7 @@ class RedisBroker:
             "state_ttl": max(ROOM_STATE_MIN_TTL * 1000, 2 * max_age_ms),
             "new_epoch": new_epoch(),
             "channel": channel,
-            "ref_ttl": (REF_TTL if request.ref else SERVER_REF_TTL) * 1000,
+            "ref_ttl": (request.ref_ttl or (REF_TTL if request.ref else SERVER_REF_TTL)) * 1000,
         }
         return [values[name] for name in SCRIPT_ARGUMENTS]
 
@@ -279,7 +281,13 @@ class MemoryBroker:
             state.last_id += 1
             message_id, epoch, sent_at = state.last_id, state.epoch, time.time()
             frame = chat_frame(
-                message_id, epoch, request.text, request.sender, request.replica, sent_at
+                message_id,
+                epoch,
+                request.text,
+                request.sender,
+                request.replica,
+                sent_at,
+                request.system,
             )
             state.entries.append((message_id, frame, sent_at))
             if request.ref:

@@ -83,6 +83,13 @@ class MessageHandler(Protocol):
     ) -> None: ...
 
 
+class GroupSendInterceptor(Protocol):
+    """What may take a group_send before the layer sends it (chat.publish.TutorialMessages)."""
+
+    async def intercept(self, group: str, message: Event) -> bool:
+        """True if it took the message: the layer then sends nothing."""
+
+
 class RoomLayer(Protocol):
     """A channel layer as the chat uses it: Channels' API and the chat's additions."""
 
@@ -102,12 +109,30 @@ class RoomLayer(Protocol):
     def occupancy(self) -> tuple[int, int]: ...
     async def release_channel(self, channel_name: str, group: str | None = None) -> None: ...
     def check_internals(self) -> None: ...
+    def intercept_group_sends_with(self, interceptor: GroupSendInterceptor) -> None: ...
+    async def forward_group_send(self, group: str, message: Event) -> None: ...
 
 
 class ChatLayer:
     """RoomLayer's additions for a layer that keeps group messages in the consumers'
     queues (the core and in-memory layers): no pub/sub channel of its own, nothing
-    handed to a handler, nothing to wait for or release."""
+    handed to a handler, nothing to wait for or release; and, for every layer, the
+    group_sends an interceptor takes instead."""
+
+    _interceptor: GroupSendInterceptor | None = None
+
+    def intercept_group_sends_with(self, interceptor: GroupSendInterceptor) -> None:
+        self._interceptor = interceptor
+
+    async def group_send(self, group: str, message: Event) -> None:
+        interceptor = self._interceptor
+        if interceptor is not None and await interceptor.intercept(group, message):
+            return
+        await self.forward_group_send(group, message)
+
+    async def forward_group_send(self, group: str, message: Event) -> None:
+        """The layer's own group_send."""
+        await super().group_send(group, message)  # type: ignore[misc]
 
     def group_channel(self, group: str) -> str | None:
         """The Redis pub/sub channel carrying a group's messages, on which a Lua script
@@ -290,6 +315,11 @@ class PubSubChannelLayer(ChatLayer, RedisPubSubChannelLayer):
 
     def hand_messages_to(self, handler: MessageHandler) -> None:
         self.handler = handler
+
+    async def forward_group_send(self, group: str, message: Event) -> None:
+        # RedisPubSubChannelLayer has no group_send of its own: its __getattr__ hands
+        # the call to the loop's layer.
+        await self._get_layer().group_send(group, message)
 
     async def wait_subscribed(self, since: float, timeout: float) -> bool:
         """Until every Redis connection of this loop's layer that has subscriptions has

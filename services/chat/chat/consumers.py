@@ -67,7 +67,8 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
 
     async def dispatch(self, message: Event) -> None:
         try:
-            await self.handle(message)
+            if self.acceptable(message):
+                await self.handle(message)
         finally:
             if not message["type"].startswith("websocket."):
                 self.fan_out.handled(self.subscription)  # a message from its inbox
@@ -85,6 +86,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self) -> None:
+        self.replica.adopt_running_loop()  # chat.publish publishes on it
         refusal = self.admit()
         if refusal is not None:
             await self.refuse(refusal)

@@ -30,14 +30,14 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import metrics
+from . import events, metrics
 from .channel_layer import Event, Inbox
 from .recovery import SKIP, Action, Cursor, Decision
 from .write_flow import SharedFrame, WriteFlow
 
 logger = logging.getLogger(__name__)
 
-CHAT_MESSAGE = "chat.message"
+CHAT_MESSAGE = events.CHAT_MESSAGE
 
 
 @dataclass(eq=False)
@@ -83,8 +83,9 @@ class Publication:
 class FanOut:
     """The fan-out of one replica (built once, chat.replica.Replica)."""
 
-    def __init__(self, decode: Callable[[bytes], Event]) -> None:
+    def __init__(self, decode: Callable[[bytes], Event], max_event_bytes: int) -> None:
         self.decode = decode
+        self.max_event_bytes = max_event_bytes
         self.subscriptions: dict[str, Subscription] = {}  # channel name -> its subscription
         self.rooms: Counter[str] = Counter()  # group channel -> its subscriptions here
 
@@ -180,6 +181,8 @@ class FanOut:
         publication = None
         if group_channel in self.rooms:
             publication = self.publication(group_channel, data)
+            if publication is None:
+                return  # dropped for every member here (chat.events)
         for channel_name in members:
             inbox = inboxes.get(channel_name)
             if inbox is None:
@@ -194,11 +197,18 @@ class FanOut:
             self.enqueue(inbox, data, subscription)
 
     def publication(self, group_channel: str, data: bytes) -> Publication | None:
-        """The message decoded, or None: then each member's consumer fails on it alone."""
-        try:
-            event = self.decode(data)
-        except Exception:  # noqa: BLE001 - whatever the decoder raises, queue it
-            logger.exception("undecodable message on %s", group_channel)
+        """The message decoded once for the room, or None if it is no event a member
+        may be handed: then it is dropped, counted and logged (chat.events)."""
+        reason = events.OVERSIZED if len(data) > self.max_event_bytes else None
+        event: Event = {}
+        if reason is None:
+            try:
+                event = self.decode(data)
+            except Exception:  # noqa: BLE001 - whatever the decoder raises, it is dropped
+                reason = events.UNDECODABLE
+        reason = reason or events.problem(event, self.max_event_bytes)
+        if reason is not None:
+            events.drop(reason, group_channel, event)
             return None
         frame = event.get("frame") if event.get("type") == CHAT_MESSAGE else None
         return Publication(event, SharedFrame(frame) if isinstance(frame, str) else None)

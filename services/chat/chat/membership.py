@@ -10,9 +10,9 @@ from typing import Any
 
 from django.conf import settings
 
-from . import metrics, protocol
+from . import events, metrics, protocol
 from .broker import PublishRequest, PublishResult
-from .channel_layer import LAYER_ERRORS, RoomLayer
+from .channel_layer import LAYER_ERRORS, Event, RoomLayer
 from .limits import TokenBucket
 from .redis_clients import refuses_writes
 from .replica import DRAINING, current
@@ -74,6 +74,19 @@ class RoomMember:
     async def leave_unfinished(self) -> None:
         """Leaves the room of a consumer that ended without its disconnect."""
         self.count_leave()
+
+    def acceptable(self, message: Event) -> bool:
+        """Whether the consumer may handle a message: the server's own (websocket.*) or
+        a well-formed chat event; anything else sent to its group or channel is dropped
+        and counted (chat.events), and the consumer goes on."""
+        kind = message.get("type")
+        if isinstance(kind, str) and kind.startswith("websocket."):
+            return True
+        reason = events.problem(message, settings.CHAT_MAX_EVENT_BYTES)
+        if reason is None:
+            return True
+        events.drop(reason, self.room_group_name or self.channel_name, message)
+        return False
 
     # Joining
 

@@ -116,6 +116,28 @@ slow_consumer_disconnects = Counter(
     ["reason"],
     namespace=NAMESPACE,
 )
+events_dropped = Counter(
+    "events_dropped",
+    "Channel-layer events dropped before reaching any client because they are not"
+    " well-formed chat events, by reason (unknown_type, bad_fields, oversized,"
+    " undecodable). Code that sends to a room's group by hand is the usual cause.",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+service_publishes = Counter(
+    "service_publishes",
+    "Messages published by server code rather than a member: chat.publish, the"
+    " send_to_room command, the HTTP API, or a tutorial-shaped group_send taken as a"
+    " publish; by way (python, http, group_send).",
+    ["via"],
+    namespace=NAMESPACE,
+)
+api_requests = Counter(
+    "api_requests",
+    "Requests to the HTTP API (/api/v1/...), by response status.",
+    ["status"],
+    namespace=NAMESPACE,
+)
 publish_duration = Histogram(
     "publish_duration_seconds",
     "Time a publish took, as seen by the sending replica: the publish script and, with"

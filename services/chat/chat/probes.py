@@ -50,6 +50,7 @@ class ProbeEndpoints:
         self.replica_header = (b"x-chat-replica", current().name.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        current().adopt_running_loop()  # chat.publish publishes on it
         path = scope["path"]
         if path == LIVENESS_PATH:
             loop = type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -80,6 +80,12 @@ def room_group_name(room_name: str) -> str | None:
     return None
 
 
+def room_of_group(group: str) -> str | None:
+    """The room whose Channels group this is, or None if it is no room's group."""
+    room = group.removeprefix("chat_")
+    return room if room != group and room_group_name(room) == group else None
+
+
 def room_group(room_name: str) -> str:
     """The Channels group of a room whose name is known to be valid."""
     group = room_group_name(room_name)
@@ -138,20 +144,35 @@ def resume_position(query_string: bytes) -> StreamPosition | None:
     return StreamPosition(epoch, int(last_id))
 
 
-def chat_frame_parts(message: str, name: str, replica: str, sent_at: float) -> tuple[str, str, str]:
+def chat_frame_parts(
+    message: str, name: str, replica: str, sent_at: float, system: bool = False
+) -> tuple[str, str, str]:
     """A chat frame in three parts around its id and epoch, which the history assigns
     when it stores the message: frame = head + id + middle + epoch + tail. sent_at is
-    time.time() when the replica took the message."""
-    body = json.dumps(
-        {"message": message, "name": name, "sent_via": replica, "time": int(sent_at * 1000)}
-    )
+    time.time() when the replica took the message. A message of server code (a
+    notice, a bot: chat.publish) says so with "system": true, which no client can send."""
+    fields: dict[str, object] = {
+        "message": message,
+        "name": name,
+        "sent_via": replica,
+        "time": int(sent_at * 1000),
+    }
+    if system:
+        fields["system"] = True
+    body = json.dumps(fields)
     return '{"type":"chat","id":', ',"epoch":"', '",' + body[1:]
 
 
 def chat_frame(
-    message_id: int, epoch: str, message: str, name: str, replica: str, sent_at: float
+    message_id: int,
+    epoch: str,
+    message: str,
+    name: str,
+    replica: str,
+    sent_at: float,
+    system: bool = False,
 ) -> str:
-    head, middle, tail = chat_frame_parts(message, name, replica, sent_at)
+    head, middle, tail = chat_frame_parts(message, name, replica, sent_at, system)
     return f"{head}{message_id}{middle}{epoch}{tail}"
 
 

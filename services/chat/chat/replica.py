@@ -60,12 +60,13 @@ class Replica:
         presence: Presence,
         redis_servers: list[Server],
         max_connections: int,
+        max_event_bytes: int,
     ) -> None:
         self.name = name
         self.channel_layer = channel_layer
         self.broker = broker
         self.presence = presence
-        self.fan_out = FanOut(channel_layer.decode)
+        self.fan_out = FanOut(channel_layer.decode, max_event_bytes)
         channel_layer.hand_messages_to(self.fan_out)
         self.redis_servers = redis_servers  # none with the in-memory layer
         self.max_connections = max_connections
@@ -73,6 +74,9 @@ class Replica:
         self.draining = False
         self.maintenance: asyncio.Task[None] | None = None
         self.redis_healthy = True
+        # The loop that serves this replica's sockets and requests, where server code
+        # publishes too (chat.publish); None until it has run something.
+        self.serving_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_settings(cls, channel_layer: RoomLayer) -> "Replica":
@@ -114,7 +118,15 @@ class Replica:
             presence,
             redis_servers,
             settings.CHAT_MAX_CONNECTIONS,
+            settings.CHAT_MAX_EVENT_BYTES,
         )
+
+    def adopt_running_loop(self) -> None:
+        """Notes the running loop as the serving loop, unless one that is not closed is
+        known already: called by chatsite.serve at start-up, and by every request and
+        connection (under `runserver` or tests, the first one names it)."""
+        if self.serving_loop is None or self.serving_loop.is_closed():
+            self.serving_loop = asyncio.get_running_loop()
 
     # Connections
 

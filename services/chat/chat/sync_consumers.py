@@ -23,6 +23,12 @@ class SyncChatConsumer(RoomMember, WebsocketConsumer):
         with contextlib.suppress(Disconnected):
             super().send(text_data, bytes_data, close)
 
+    async def dispatch(self, message: Event) -> None:
+        # Channels' dispatch runs the handler in the sync thread; a malformed event
+        # is dropped before that hop (chat.events).
+        if self.acceptable(message):
+            await super().dispatch(message)
+
     def connect(self) -> None:
         refusal = self.admit()
         if refusal is not None:

@@ -319,6 +319,8 @@ class DrainingServer(Server):
             signal.signal(signum, self.on_signal)
         # run() makes the factory; the reactor accepts no connection before this.
         reactor.callWhenRunning(self.configure_websockets)
+        # Server code of this process publishes on the serving loop (chat.publish).
+        reactor.callWhenRunning(current().adopt_running_loop)
         # What start-up made lives as long as the process: the collector need not
         # walk it again on every full collection.
         gc.collect()

@@ -210,6 +210,29 @@ CHAT_SEND_TIMEOUT = env_int("CHAT_SEND_TIMEOUT", minimum=1)
 
 CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", minimum=0)
 
+# Room events from other code are bounded (chat.events); a member's own message, its
+# text JSON-escaped at worst 6 bytes a byte, must always fit.
+CHAT_MAX_EVENT_BYTES = env_int("CHAT_MAX_EVENT_BYTES", minimum=6 * CHAT_MAX_MESSAGE_BYTES + 1024)
+
+# Publishing from server code (chat.publish) and the HTTP API (chat.http_api).
+CHAT_PUBLISH_TIMEOUT = env_int("CHAT_PUBLISH_TIMEOUT")
+CHAT_PUBLISH_KEY_TTL = env_int("CHAT_PUBLISH_KEY_TTL")
+CHAT_API_KEYS = env_list("CHAT_API_KEYS")
+CHAT_API_KEYS_FILE = env("CHAT_API_KEYS_FILE")
+if CHAT_API_KEYS_FILE:
+    try:
+        with open(CHAT_API_KEYS_FILE) as keys_file:
+            CHAT_API_KEYS += [line.strip() for line in keys_file if line.strip()]
+    except OSError as error:
+        raise ImproperlyConfigured(f"CHAT_API_KEYS_FILE cannot be read: {error}") from None
+if any(len(key) < 16 for key in CHAT_API_KEYS):
+    # Never the key itself in the message: it ends up in logs.
+    raise ImproperlyConfigured("every API key must be at least 16 characters long")
+CHAT_API_MAX_BODY_BYTES = env_int("CHAT_API_MAX_BODY_BYTES")
+CHAT_API_RATE_LIMIT = env_int("CHAT_API_RATE_LIMIT")
+CHAT_API_RATE_BURST = env_int("CHAT_API_RATE_BURST")
+CHAT_API_MAX_ROOMS = env_int("CHAT_API_MAX_ROOMS")
+
 # --- Channel layer ----------------------------------------------------------
 #
 # "pubsub" by default: it keeps nothing for an absent consumer, and the core layer

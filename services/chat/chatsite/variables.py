@@ -120,6 +120,57 @@ VARIABLES = {
             "On SIGTERM, seconds over which a replica closes its WebSockets with 1012 before"
             " exiting (then up to 5 s of cleanup).",
         ),
+        Variable(
+            "CHAT_MAX_EVENT_BYTES",
+            65536,
+            "Largest channel-layer event a replica hands its consumers; a larger one (sent to"
+            " a room's group by other code) is dropped and counted in"
+            " `chat_events_dropped_total`. At least 6 × `CHAT_MAX_MESSAGE_BYTES` + 1024.",
+        ),
+        # Publishing from server code and the HTTP API
+        Variable(
+            "CHAT_PUBLISH_TIMEOUT",
+            10,
+            "Seconds `send_to_room` waits for its message to be stored and published before"
+            ' it raises `PublishError("timeout")`.',
+        ),
+        Variable(
+            "CHAT_PUBLISH_KEY_TTL",
+            86400,
+            "Seconds an idempotency key of `send_to_room` or the HTTP API is remembered: a"
+            " retry with the same key within it publishes nothing and returns the first id.",
+        ),
+        Variable(
+            "CHAT_API_KEYS",
+            "",
+            "Comma-separated keys the HTTP API accepts as `Authorization: Bearer <key>`, each"
+            " at least 16 characters; several, so that one can be rotated. With none (and no"
+            " `CHAT_API_KEYS_FILE`) the API answers 403 `api_disabled`.",
+        ),
+        Variable(
+            "CHAT_API_KEYS_FILE",
+            None,
+            "A file of API keys, one per line (a mounted Kubernetes Secret); read at start-up"
+            " together with `CHAT_API_KEYS`.",
+        ),
+        Variable(
+            "CHAT_API_MAX_BODY_BYTES",
+            65536,
+            "Largest HTTP API request body; a larger one is answered 413 `body_too_large`"
+            " before it is read whole.",
+        ),
+        Variable(
+            "CHAT_API_RATE_LIMIT",
+            100,
+            "HTTP API requests per second one key may make on one replica, sustained; the"
+            " excess is answered 429 `rate_limited` with `Retry-After`.",
+        ),
+        Variable("CHAT_API_RATE_BURST", 200, "HTTP API requests one key may make at once."),
+        Variable(
+            "CHAT_API_MAX_ROOMS",
+            100,
+            "Rooms one `POST /api/v1/broadcast` may name; more are answered 400 `invalid_field`.",
+        ),
         # History and presence
         Variable(
             "CHAT_HISTORY_MAX_LENGTH",

@@ -215,6 +215,7 @@ async def test_dispatch_makes_no_database_hop_after_django_filled_in_databases(m
             delivered.append(event)
 
     consumer = Consumer()
-    await consumer.dispatch({"type": "chat.message"})
+    event = {"type": "chat.message", "frame": "{}", "id": 1, "epoch": "e1", "sent_at": 1.0}
+    await consumer.dispatch(event)
     assert delivered
     assert not hops

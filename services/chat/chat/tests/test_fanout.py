@@ -6,12 +6,14 @@ import time
 import msgpack
 import pytest
 
+from chat import events, metrics
 from chat.channel_layer import BoundedChannelQueue
 from chat.fanout import FanOut, Subscription
 from chat.write_flow import SharedFrame
 
 GROUP_CHANNEL = "asgi__group__chat_lobby"
 EPOCH = "e1"
+MAX_EVENT_BYTES = 4096
 
 
 class Socket:
@@ -51,7 +53,7 @@ def encoded(event):
 
 @pytest.fixture
 def fan_out():
-    return FanOut(msgpack.unpackb)
+    return FanOut(msgpack.unpackb, MAX_EVENT_BYTES)
 
 
 def member(fan_out, name="a", last_id=0):
@@ -214,7 +216,7 @@ def test_the_fan_out_decodes_once_and_queues_only_what_members_do_not_take():
         decoded.append(data)
         return msgpack.unpackb(data)
 
-    fan_out = FanOut(decode)
+    fan_out = FanOut(decode, MAX_EVENT_BYTES)
     taking, refusing = member(fan_out, "a"), member(fan_out, "b")
     refusing[1].full = True
     unsubscribed = BoundedChannelQueue(1 << 20, b"overflow")  # e.g. a sync consumer
@@ -227,18 +229,36 @@ def test_the_fan_out_decodes_once_and_queues_only_what_members_do_not_take():
 
 
 def test_a_room_without_subscriptions_here_is_not_decoded():
-    fan_out = FanOut(lambda data: pytest.fail("decoded"))
+    fan_out = FanOut(lambda data: pytest.fail("decoded"), MAX_EVENT_BYTES)
     inbox = BoundedChannelQueue(1 << 20, b"overflow")
     fan_out.handle_group_message(GROUP_CHANNEL, b"\x81", ["c"], {"c": inbox})
     assert inbox.qsize() == 1
 
 
-def test_an_undecodable_message_is_queued_for_each_member(fan_out):
-    subscription, socket, inbox = member(fan_out)
-    inboxes = {"a": inbox}
-    fan_out.handle_group_message(GROUP_CHANNEL, b"\xc1", ["a"], inboxes)
-    assert socket.sent == []
-    assert inbox.get_nowait() == b"\xc1"
+def dropped(reason):
+    return metrics.events_dropped.labels(reason)._value.get()
+
+
+MALFORMED = {
+    events.TUTORIAL_SHAPE: encoded({"type": "chat.message", "message": "from a view"}),
+    events.BAD_FIELDS: encoded({**chat_event(1), "id": "1"}),
+    events.UNKNOWN_TYPE: encoded({"type": "chat.shout", "text": "hi"}),
+    events.OVERSIZED: encoded({**chat_event(1), "frame": "x" * MAX_EVENT_BYTES}),
+    events.UNDECODABLE: b"\xc1",
+}
+
+
+@pytest.mark.parametrize("reason", sorted(MALFORMED))
+def test_a_malformed_event_is_dropped_for_every_member_and_counted(fan_out, reason):
+    members = [member(fan_out, name) for name in ("a", "b")]
+    before = dropped(reason)
+    inboxes = {subscription.channel_name: inbox for subscription, _, inbox in members}
+    fan_out.handle_group_message(GROUP_CHANNEL, MALFORMED[reason], list(inboxes), inboxes)
+    assert dropped(reason) == before + 1
+    for subscription, socket, inbox in members:
+        assert (socket.sent, inbox.qsize(), subscription.queued) == ([], 0, 0)
+    publish(fan_out, chat_event(1), *members)  # the room goes on
+    assert all(len(socket.sent) == 1 for _, socket, _ in members)
 
 
 def test_a_failing_member_gets_it_through_the_queue_and_the_others_at_once(fan_out):

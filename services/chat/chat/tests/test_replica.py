@@ -51,7 +51,7 @@ async def test_recovery_catches_up_only_once_the_layer_hears_again():
         calls.append(("group_add", channel))
 
     layer.wait_subscribed, layer.send, layer.group_add = wait_subscribed, send, group_add
-    replica = Replica("chat-1", layer, None, Presence(calls), ["redis://127.0.0.1:1/0"], 10)
+    replica = Replica("chat-1", layer, None, Presence(calls), ["redis://127.0.0.1:1/0"], 10, 65536)
     for number in (1, 2):
         replica.add(Member(f"specific.c{number}"))
 
