@@ -1,5 +1,6 @@
-"""Probes and metrics, answered before Django so that they need no allowed Host:
-kubelets and Prometheus address a replica by its IP. Every HTTP response, Django's
+"""Probes, metrics and the HTTP API (chat.http_api), answered before Django so that
+they need no allowed Host: kubelets, Prometheus and other services address a replica
+by its IP. Every HTTP response, Django's
 included, names the replica that served it (X-Chat-Replica)."""
 
 import asyncio
@@ -12,7 +13,7 @@ from prometheus_client import make_asgi_app
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import metrics
+from . import http_api, metrics
 from .redis_clients import Server, as_server, refuses_writes, sentinel
 from .replica import Replica, current
 
@@ -41,12 +42,13 @@ METRICS_PATH = "/metrics"
 
 
 class ProbeEndpoints:
-    """ASGI middleware: /healthz, /readyz and /metrics here, everything else to Django;
+    """ASGI middleware: /healthz, /readyz, /metrics and /api/ here, the rest to Django;
     the replica header on every response."""
 
     def __init__(self, application: ASGIApp) -> None:
         self.application = application
         self.metrics_app = make_asgi_app()
+        self.api = http_api.HttpApi()
         self.replica_header = (b"x-chat-replica", current().name.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,6 +66,8 @@ class ProbeEndpoints:
         elif path == METRICS_PATH:
             await check_readiness(current())  # fresh chat_redis_* and chat_ready gauges
             await self.metrics_app(scope, receive, self.with_replica_header(send))
+        elif path.startswith(http_api.PREFIX):
+            await self.api(scope, receive, self.with_replica_header(send))
         else:
             await self.application(scope, receive, self.with_replica_header(send))
 
