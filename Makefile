@@ -17,7 +17,7 @@ CLUSTER := $(PYTHON) deploy/local/cluster.py --run-dir $(RUN_DIR)
 # make docs serves the documentation on 127.0.0.1 at this port.
 DOCS_PORT ?= 8000
 
-.PHONY: help up down restart status logs test test-compose loadtest capacity chaos soak loadtest-ui test-unit test-integration lint docs deps system-deps venv scan-venv lock clean
+.PHONY: help up down restart status manage logs test test-compose loadtest capacity chaos soak loadtest-ui test-unit test-integration lint docs deps system-deps venv scan-venv lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ ifeq ($(RUNTIME),compose)
 else
 	@$(CLUSTER) status
 endif
+
+manage: ## Run a Django management command on the local cluster, e.g. ARGS='send_to_room lobby "hello"'
+	@$(CLUSTER) manage $(ARGS)
 
 logs: ## Print the last lines of every log (FOLLOW=1 to keep reading)
 ifeq ($(RUNTIME),compose)

@@ -177,6 +177,18 @@ class LocalCluster:
             return f"ws://{HOST}:{self.lb_port}/ws/chat/{room}/"
         return f"ws://{self.replica_host(replica)}:{self.replica_port(replica)}/ws/chat/{room}/"
 
+    def api_key(self):
+        """The HTTP API's key the cluster made in its run directory."""
+        return Path(self.describe()["api_keys_file"]).read_text().split()[0]
+
+    def api_url(self, path, replica=1):
+        """An HTTP API URL on a replica's own port (the load balancer answers 404)."""
+        return f"{self.replica_url(replica)}{path}"
+
+    def manage(self, *arguments):
+        """A Django management command run with the replicas' settings."""
+        return self.run("manage", *arguments, check=False)
+
     def log(self, name):
         return (self.run_dir / "logs" / f"{name}.log").read_text(errors="replace")
 

@@ -54,3 +54,20 @@ def prometheus_query(cluster, query):
     """The instant vector of a PromQL query on the cluster's Prometheus: a list of
     {"metric": labels, "value": [time, "value"]}."""
     return prometheus_api(cluster, "query?" + urlencode({"query": query}))["result"]
+
+
+def post_json(url, body, headers=None, timeout=10):
+    """(status, headers, JSON body) of a POST of `body` as JSON, whatever the status."""
+    data = json.dumps(body).encode()
+    request_headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data, request_headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, response_headers, text = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status, response_headers, text = error.code, error.headers, error.read()
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = text.decode(errors="replace")  # not the API: nginx's page, say
+    return status, dict(response_headers), answer

@@ -8,6 +8,8 @@
     cluster.py status      the processes and each replica's readiness
     cluster.py logs        the last lines of every log (--follow to keep reading)
     cluster.py describe    the cluster's addresses and PIDs as JSON, for tests
+    cluster.py manage ...  a Django management command with the replicas' settings,
+                           e.g. `manage send_to_room lobby "hello"`
 
 Settings come from deploy/defaults.env, overridden by the environment. Every
 generated file goes to the run directory (default .run/local, git-ignored), so
@@ -25,11 +27,19 @@ supervision.py (supervisord and its programs) beside it do the work.
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import network
 import run_settings
-from config import DEFAULT_RUN_DIR, HOST, ClusterConfig, ClusterError, read_defaults
+from config import (
+    DEFAULT_RUN_DIR,
+    HOST,
+    SERVICE_DIR,
+    ClusterConfig,
+    ClusterError,
+    read_defaults,
+)
 from readiness import not_in_sync, readiness, redis_roles
 from supervision import Supervisor
 
@@ -63,6 +73,8 @@ def up(current, recorded, defaults, timeout):
         f"{config.channel_layer} channel layer\n"
         f"  Chat        {config.lb_url}/chat/lobby/   (open it in two tabs)\n"
         f"  Replicas    http://{first}:{ports[0]} ... http://{last}:{ports[-1]}\n"
+        f"  HTTP API    http://{first}:{ports[0]}/api/v1/rooms/lobby/messages"
+        f"   (key in {config.api_keys_file}; docs/http-api.md)\n"
         f"  Network     {network_line(config.network)}\n"
         f"  Prometheus  {config.prometheus_url}/targets\n"
         f"  Redis       {redis_summary(config)}\n"
@@ -236,6 +248,7 @@ def describe(config, supervisor):
                 "redis_ports": config.redis_ports,
                 "sentinel_ports": config.sentinel_ports,
                 "log_dir": str(config.log_dir),
+                "api_keys_file": str(config.api_keys_file),
                 # Every setting as resolved: settings.json's once `up` recorded them.
                 "settings": config.settings,
                 "supervisor_pid": supervisor.pid(),
@@ -270,7 +283,16 @@ def parser():
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
     commands.add_parser("describe", help="the cluster's addresses and PIDs as JSON, for tests")
+    manage = commands.add_parser("manage", help="a Django management command on the cluster")
+    manage.add_argument("arguments", nargs=argparse.REMAINDER)
     return parser
+
+
+def manage(config, supervisor, arguments):
+    """Runs manage.py with a replica's settings (its Redis, secret key and limits)."""
+    environment = config.replica_environment("manage", supervisor.secret_key())
+    command = [sys.executable, "manage.py", *arguments]
+    return subprocess.run(command, cwd=SERVICE_DIR, env={**os.environ, **environment}).returncode
 
 
 def main(argv=None):
@@ -298,6 +320,8 @@ def main(argv=None):
             logs(config, supervisor, args.lines, args.follow)
         elif args.command == "describe":
             describe(config, supervisor)
+        elif args.command == "manage":
+            return manage(config, supervisor, args.arguments)
     except (ClusterError, network.NetworkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -64,6 +64,14 @@ SERVICE_SETTINGS = (
     "CHAT_EVENT_LOOP",
     "CHAT_RATE_BURST",
     "CHAT_MAX_CONNECTIONS",
+    "CHAT_MAX_EVENT_BYTES",
+    "CHAT_PUBLISH_TIMEOUT",
+    "CHAT_PUBLISH_KEY_TTL",
+    "CHAT_API_KEYS_FILE",
+    "CHAT_API_MAX_BODY_BYTES",
+    "CHAT_API_RATE_LIMIT",
+    "CHAT_API_RATE_BURST",
+    "CHAT_API_MAX_ROOMS",
     "REDIS_MAX_CONNECTIONS",
     "REDIS_CONNECT_TIMEOUT",
     "REDIS_COMMAND_TIMEOUT",
@@ -278,6 +286,12 @@ class ClusterConfig:
     def secret_key_file(self):
         return self.run_dir / "secret_key"
 
+    @property
+    def api_keys_file(self):
+        """The HTTP API's keys, one per line: the run directory's own unless
+        CHAT_API_KEYS_FILE names another."""
+        return Path(self.service_settings.get("CHAT_API_KEYS_FILE") or self.run_dir / "api_keys")
+
     # --- Addresses ----------------------------------------------------------
 
     @property
@@ -386,6 +400,7 @@ class ClusterConfig:
 
     def replica_environment(self, name, secret_key):
         return {
+            "CHAT_API_KEYS_FILE": str(self.api_keys_file),
             **self.service_settings,
             "DJANGO_SETTINGS_MODULE": "chatsite.settings",
             "DJANGO_SECRET_KEY": secret_key,

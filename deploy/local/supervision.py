@@ -70,10 +70,21 @@ class Supervisor:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def api_key(self):
+        """The HTTP API's first key; the run directory's file is made with one random
+        key, kept across restarts (a file CHAT_API_KEYS_FILE names is left as it is)."""
+        path = self.config.api_keys_file
+        if not path.exists() and path.parent == self.config.run_dir:
+            path.write_text(secrets.token_urlsafe(32) + "\n")
+            path.chmod(0o600)
+        lines = path.read_text().split() if path.exists() else []
+        return lines[0] if lines else None
+
     def write_configuration(self):
         """Writes the generated files; returns the names of those that changed."""
         for directory in self.config.directories:
             directory.mkdir(parents=True, exist_ok=True)
+        self.api_key()  # before any replica reads it
         files = rendered_files(
             self.config, Programs.find(), self.secret_key(), run_as_root=os.geteuid() == 0
         )
