@@ -30,6 +30,13 @@ if [ -z "${DJANGO_SECRET_KEY:-}" ]; then
     DJANGO_SECRET_KEY=$(cat "$run_dir/secret_key")
     export DJANGO_SECRET_KEY
 fi
+# The HTTP API's keys: given, or one made once and kept in the run directory. The
+# replicas publish no port: the API is reachable on the compose network only.
+if [ -z "${CHAT_API_KEYS:-}" ]; then
+    [ -s "$run_dir/api_keys" ] || (umask 077; python3 -c "import secrets; print(secrets.token_urlsafe(32))" >"$run_dir/api_keys")
+    CHAT_API_KEYS=$(paste -sd, "$run_dir/api_keys")
+    export CHAT_API_KEYS
+fi
 default() { sed -n "s/^$1=//p" deploy/defaults.env; }
 lb_port=${LB_PORT:-$(default LB_PORT)}
 prometheus_port=${PROMETHEUS_PORT:-$(default PROMETHEUS_PORT)}
@@ -40,6 +47,7 @@ case "${1:-}" in
         echo "chat-cluster (compose project $COMPOSE_PROJECT_NAME) is up:"
         echo "  Chat        http://127.0.0.1:$lb_port/chat/lobby/   (open it in two tabs)"
         echo "  Prometheus  http://127.0.0.1:$prometheus_port/targets"
+        echo "  HTTP API    http://chat:8001/api/v1/rooms/lobby/messages on the compose network (key in $run_dir/api_keys)"
         echo "  Scale       docker compose up --detach --wait --scale chat=5"
         ;;
     down) docker compose down --volumes --remove-orphans --timeout 20 ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local cluster runs (nginx, redis-server,
 # prometheus; iproute2 and iptables for CLUSTER_NETWORK=netns) and the browser the
-# tests drive (chromium).
+# tests drive (chromium); curl, which the HTTP API's documented examples use.
 set -euo pipefail
 
 missing=()
@@ -11,6 +11,7 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+command -v curl >/dev/null || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -257,8 +257,8 @@ def test_stopwaitsecs_outlasts_the_drain_and_its_cleanup(tmp_path, drain):
 
 
 def test_replica_environment(tmp_path):
-    """Tests that each replica gets its name, the cluster's Redis and secret key, the
-    service settings that are set, and nothing else of the environment."""
+    """Tests that each replica gets its name, the cluster's Redis, secret key and API
+    keys file, the service settings that are set, and nothing else of the environment."""
     settings = cluster(
         tmp_path,
         REPLICAS="2",
@@ -271,6 +271,7 @@ def test_replica_environment(tmp_path):
     sections = supervisord_sections(render(settings, secret_key="k3y")["supervisord.conf"])
     for name in ("chat-1", "chat-2"):
         assert environment_of(sections[f"program:{name}"]) == {
+            "CHAT_API_KEYS_FILE": str(settings.run_dir / "api_keys"),
             "CHAT_CONSUMER": "sync",
             "CHAT_DRAIN_SECONDS": defaults()["CHAT_DRAIN_SECONDS"],
             "CHAT_REPLICA_ID": name,
@@ -281,6 +282,12 @@ def test_replica_environment(tmp_path):
         }
     assert settings.consumer == "sync"
     assert settings.channel_layer == "pubsub"
+
+
+def test_an_operators_api_keys_file_replaces_the_run_directorys(tmp_path):
+    settings = cluster(tmp_path, CHAT_API_KEYS_FILE="/etc/chat/api_keys", **PORTS)
+    program = supervisord_sections(render(settings)["supervisord.conf"])["program:chat-1"]
+    assert environment_of(program)["CHAT_API_KEYS_FILE"] == "/etc/chat/api_keys"
 
 
 def test_percent_signs_reach_the_replica_escaped_for_supervisord(tmp_path):

@@ -8,7 +8,14 @@ import uuid
 
 from harness.client import chat_query, join
 from harness.http import post_json, replica_counter
-from harness.publishing import api_post, django_shell, room_messages_path
+from harness.paths import ROOT
+from harness.publishing import (
+    api_post,
+    django_shell,
+    documented_commands,
+    room_messages_path,
+    run_documented,
+)
 
 
 def unique(text):
@@ -170,6 +177,21 @@ def test_the_api_is_not_served_through_the_load_balancer(cluster):
     assert lb_status == 404
     assert api_post(cluster, path, {"text": "hi"}, key="")[0] == 401
     assert api_post(cluster, path, {"text": "hi"}, key="w" * 32)[0] == 401
+
+
+async def test_the_documented_curl_examples_work(cluster):
+    """Tests that docs/http-api.md's examples, pasted as they are, publish."""
+    lobby = await join(cluster, "lobby", replica=2)
+    commands = documented_commands(ROOT / "docs" / "http-api.md")
+    assert len(commands) == 2
+    posted, broadcast = run_documented(cluster, commands)
+    frame = await lobby.receive_chat()
+    assert (frame["id"], frame["name"], frame["system"]) == (posted["id"], "deploy-bot", True)
+    results = broadcast["results"]
+    assert [result["room"] for result in results] == ["lobby", "ops"]
+    assert all("id" in result for result in results), results
+    assert (await lobby.receive_chat())["message"] == "Maintenance at 18:00"
+    await lobby.close()
 
 
 def test_bad_input_is_answered_on_a_real_replica(cluster):

@@ -66,14 +66,15 @@ Object.defineProperty(chatLog, 'value', {get: function() { return transcript.joi
 const SHOWN_IN_LOG = 500;
 const timeFormat = new Intl.DateTimeFormat(undefined, {hour: '2-digit', minute: '2-digit'});
 
-function messageItem(name, text, time, own) {
+// A system message (sent by server code: "system": true) is never the reader's own.
+function messageItem(name, text, time, own, system) {
     const item = document.createElement('li');
-    item.className = own ? 'message own' : 'message';
+    item.className = system ? 'message system' : own ? 'message own' : 'message';
     const meta = document.createElement('div');
     meta.className = 'meta';
     const sender = document.createElement('span');
     sender.className = 'sender';
-    sender.textContent = own ? name + ' (you)' : name;
+    sender.textContent = system ? name + ' (system)' : own ? name + ' (you)' : name;
     meta.append(sender);
     if (time !== null) {
         const stamp = document.createElement('time');
@@ -132,7 +133,9 @@ function showChat(data) {
     transcript.push(who + data.message + '\n');
     const following = followingLog();
     const time = Number.isFinite(data.time) ? new Date(data.time) : null;
-    chatLog.append(messageItem(data.name || '', data.message, time, data.name === displayName));
+    const system = data.system === true;
+    const own = !system && data.name === displayName;
+    chatLog.append(messageItem(data.name || '', data.message, time, own, system));
     if (chatLog.children.length > SHOWN_IN_LOG) {
         chatLog.firstElementChild.remove();
     }
