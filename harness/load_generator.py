@@ -39,6 +39,7 @@ class StepResult:
     offered_deliveries_per_s: float
     seconds: float
     sent: int
+    api_posts: int  # of them, posted through the HTTP API
     expected: int  # sent × room size
     delivered: int  # by the end of the settle period
     delivered_per_s: float  # received within the send window, per second of it
@@ -73,8 +74,11 @@ def percentile(ordered, share):
 class LoadGenerator:
     """Worker processes, each owning whole rooms; rooms are `<prefix>-r<n>`."""
 
-    def __init__(self, base_url, rooms, room_size, workers, message_bytes=100):
+    def __init__(self, base_url, rooms, room_size, workers, message_bytes=100, api=None):
+        """`api`: every api["share"]th message of a member is posted to the HTTP API of
+        the replicas api["urls"], in turn, with api["key"] (harness.load_worker)."""
         self.base_url = base_url.rstrip("/")
+        self.api = api
         self.rooms, self.room_size, self.message_bytes = rooms, room_size, message_bytes
         self.worker_count = max(1, min(workers, rooms))
         self.processes, self.pipes = [], []
@@ -140,7 +144,7 @@ class LoadGenerator:
         rooms = [f"{prefix}-r{number}" for number in range(self.rooms)]
         self.tell(
             [
-                ("connect", rooms[n :: self.worker_count], self.room_size)
+                ("connect", rooms[n :: self.worker_count], self.room_size, self.api)
                 for n in range(len(self.pipes))
             ]
         )
@@ -200,6 +204,7 @@ class LoadGenerator:
             offered_deliveries_per_s=offered,
             seconds=seconds,
             sent=total["sent"],
+            api_posts=total["api_posts"],
             expected=expected,
             delivered=total["received"],
             delivered_per_s=round(total["in_window"] / seconds, 1),

@@ -13,6 +13,7 @@ from array import array
 from collections import Counter
 from multiprocessing.connection import Connection
 
+import httpx
 from websockets.exceptions import ConnectionClosed
 
 from .client import message_frame, open_socket
@@ -22,14 +23,15 @@ CONNECT_TIMEOUT_S = 30
 JOIN_FRAMES_TIMEOUT_S = 10  # for the welcome and history frames
 IDLE_EXIT_S = 900
 SETTLE_POLL_S = 0.05
-COUNTS = ("sent", "received", "in_window", "late", "acks", "errors", "closes")
+COUNTS = ("sent", "received", "in_window", "late", "acks", "errors", "closes", "api_posts")
+API_TIMEOUT_S = 10
 
 
 class Member:
-    __slots__ = ("socket", "tag", "sequence", "closed", "receiver")
+    __slots__ = ("socket", "room", "tag", "sequence", "closed", "receiver")
 
-    def __init__(self, socket, tag):
-        self.socket, self.tag = socket, tag
+    def __init__(self, socket, room, tag):
+        self.socket, self.room, self.tag = socket, room, tag
         self.sequence = 0
         self.closed = False
         self.receiver = None
@@ -47,6 +49,11 @@ class Worker:
         self.label = None  # the current step's, carried in each message
         self.window_end = 0.0
         self.disconnecting = False
+        # With the HTTP API: {"urls": [replica URL, ...], "key": ..., "share": N}: every
+        # Nth message of a member is posted to a replica's API, the replicas in turn.
+        self.api = None
+        self.api_client = None
+        self.api_turn = 0
         self.reset()
 
     def reset(self):
@@ -80,9 +87,15 @@ class Worker:
         finally:
             loop.remove_reader(self.pipe.fileno())
             await self.do_disconnect()
+            if self.api_client is not None:
+                await self.api_client.aclose()
 
-    async def do_connect(self, rooms, room_size):
+    async def do_connect(self, rooms, room_size, api=None):
         self.room_size, self.disconnecting = room_size, False
+        self.api = api
+        if api is not None and self.api_client is None:
+            headers = {"Authorization": f"Bearer {api['key']}"}
+            self.api_client = httpx.AsyncClient(headers=headers, timeout=API_TIMEOUT_S)
         self.reset()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         # Short refs (at most 64 characters): unique in a room, whose members are all here.
@@ -106,7 +119,7 @@ class Worker:
                 open_timeout=CONNECT_TIMEOUT_S,
                 compression=None,  # as browsers' deflate is off in Daphne: both sides equal
             )
-        member = Member(socket, tag)
+        member = Member(socket, room, tag)
         self.members.append(member)
         async with asyncio.timeout(JOIN_FRAMES_TIMEOUT_S):
             welcome = json.loads(await socket.recv())
@@ -191,6 +204,10 @@ class Worker:
             member.sequence += 1
             text = f"{label} {time.time():.6f} "
             text += "x" * (self.message_bytes - len(text))
+            if self.api is not None and member.sequence % self.api["share"] == 0:
+                await self.post(member, text)
+                next_at += interval
+                continue
             try:
                 await member.socket.send(message_frame(text, f"{member.tag}-{member.sequence}"))
             except ConnectionClosed:
@@ -199,6 +216,25 @@ class Worker:
                 return
             self.counts["sent"] += 1
             next_at += interval
+
+    async def post(self, member, text):
+        """Posts a member's message through the HTTP API instead of its socket, as a
+        service would; its room receives it like the others."""
+        urls = self.api["urls"]
+        url = f"{urls[self.api_turn % len(urls)]}/api/v1/rooms/{member.room}/messages"
+        self.api_turn += 1
+        try:
+            response = await self.api_client.post(url, json={"text": text, "sender": "load"})
+        except httpx.HTTPError as error:
+            self.counts["errors"] += 1
+            self.error_codes[f"api_{type(error).__name__}"] += 1
+            return
+        if response.status_code != 200:
+            self.counts["errors"] += 1
+            self.error_codes[f"api_{response.status_code}"] += 1
+            return
+        self.counts["sent"] += 1
+        self.counts["api_posts"] += 1
 
     async def do_disconnect(self):
         self.disconnecting = True

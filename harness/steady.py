@@ -24,6 +24,8 @@ CHAT_SETTINGS = {
     "CHAT_CHANNEL_LAYER": "pubsub",
     "CHAT_RATE_LIMIT": "1000",
     "CHAT_RATE_BURST": "1000",
+    "CHAT_API_RATE_LIMIT": "1000",
+    "CHAT_API_RATE_BURST": "1000",
 }
 ROLES = ("replicas", "nginx", "redis", "floor")
 FIELDS = [
@@ -33,6 +35,7 @@ FIELDS = [
     "offered_deliveries_per_s",
     "seconds",
     "sent",
+    "api_posts",
     "expected",
     "delivered",
     "delivered_per_s",
@@ -60,12 +63,21 @@ FIELDS = [
 
 class ChatTarget:
     """A LocalCluster seen through nginx; its server CPU is the replicas', nginx's
-    (master and workers) and every Redis server's and Sentinel's."""
+    (master and workers) and every Redis server's and Sentinel's. With `api_share` N,
+    every Nth message of a member is posted to the replicas' HTTP API instead (target
+    "chat-api")."""
 
-    name = "chat"
-
-    def __init__(self, cluster):
+    def __init__(self, cluster, api_share=0):
         self.cluster = cluster
+        self.api_share = api_share
+        self.name = "chat-api" if api_share else "chat"
+
+    @property
+    def api(self):
+        if not self.api_share:
+            return None
+        urls = [self.cluster.replica_url(n) for n in range(1, self.cluster.replicas + 1)]
+        return {"urls": urls, "key": self.cluster.api_key(), "share": self.api_share}
 
     @property
     def base_url(self):
@@ -85,6 +97,7 @@ class FloorTarget:
     """A harness.floor.FloorServer: one process."""
 
     name = "floor"
+    api = None
 
     def __init__(self, floor):
         self.floor = floor
@@ -126,7 +139,12 @@ def generators(stack, targets, load):
     return {
         target.name: stack.enter_context(
             LoadGenerator(
-                target.base_url, load.rooms, load.room_size, load.workers, load.message_bytes
+                target.base_url,
+                load.rooms,
+                load.room_size,
+                load.workers,
+                load.message_bytes,
+                target.api,
             )
         )
         for target in targets

@@ -21,6 +21,11 @@ rate, each with a unique ref. After --warmup seconds the fault is injected:
     failover on a cluster of its own with REDIS_HA=sentinel: SIGKILL to the primary,
              held down until the Sentinels promote a replica, then started again;
              clients resend a message refused with `unavailable` (as the page does)
+    api      on the Sentinel cluster: the kill and the failover at once, while a
+             service posts --api-rate messages a second through the HTTP API of the
+             replicas in turn, each with its own idempotency key, retrying a post that
+             got no 2xx (same key, next replica) for up to 30 s; every fourth
+             acknowledged post is sent again with its key (harness/faults/publisher.py)
     partition  the replica serving the most clients cut off from Redis for 10 s
              (iptables DROP both ways in its namespace), then healed; nginx still
              reaches it, so its clients stay connected to it
@@ -75,11 +80,14 @@ restarted shard, and for the rooms on the other: nothing lost, duplicated, refus
 unanswered, no error frame, reconnect or gap, and no client more than 1 s without a
 new message; for failover 0 lost, 0 duplicated, 0 republished, every message
 answered and none refused for good, every room keeps its epoch, and acks back within
---recovery-limit of the failover; for partition 0 lost, 0 duplicated, 0 republished, every
-message answered (refusals with `unavailable` are allowed), nothing refused delivered,
-and the cut replica's clients receive again within --recovery-limit of the heal; for
-slow as for kill. Every scenario must show its fault took effect (partition: packets
-dropped and /readyz failing during the cut; slow: one way >= 45 ms, packets dropped).
+--recovery-limit of the failover; for api 0 lost, 0 duplicated and 0 republished over the
+members' messages and the posts, every post answered 2xx in the end, every resent key
+answered with its first id as a duplicate, every room keeps its epoch; for partition 0
+lost, 0 duplicated, 0 republished, every message answered (refusals with `unavailable`
+are allowed), nothing refused delivered, and the cut replica's clients receive again
+within --recovery-limit of the heal; for slow as for kill. Every scenario must show its
+fault took effect (partition: packets dropped and /readyz failing during the cut; slow:
+one way >= 45 ms, packets dropped).
 The exit status is 1 when a target is missed.
 """
 
@@ -135,6 +143,12 @@ def main(argv=None):
     parser.add_argument("--replicas", type=int, default=defaults.replicas)
     parser.add_argument("--recovery-limit", type=float, default=defaults.recovery_limit)
     parser.add_argument(
+        "--api-rate",
+        type=float,
+        default=defaults.api_rate,
+        help="HTTP API posts per second in the api scenario",
+    )
+    parser.add_argument(
         "--set",
         dest="settings",
         type=parse_setting,
@@ -161,6 +175,7 @@ def main(argv=None):
         drain_seconds=args.drain_seconds,
         replicas=args.replicas,
         recovery_limit=args.recovery_limit,
+        api_rate=args.api_rate,
         settings=dict(args.settings),
     )
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)

@@ -60,40 +60,44 @@ def step_cells(r):
 
 
 def summary(rows):
-    """Per offered rate: the chat's worst p99 and total lost, and the median server CPU
-    per delivery of the chat and the floor over the repeats, with their ratio."""
+    """Per offered rate and chat target: the lowest delivered/s, the worst p99, lost, and
+    the median server CPU per delivery over the repeats; then the chat's cost over the
+    floor's, and chat-api's over the chat's."""
+    names = [n for n in ("chat", "chat-api", "floor") if any(r["target"] == n for r in rows)]
     lines = []
     for rate in dict.fromkeys(r["offered_deliveries_per_s"] for r in rows):
         at = {
             name: [r for r in rows if r["offered_deliveries_per_s"] == rate and r["target"] == name]
-            for name in ("chat", "floor")
+            for name in names
         }
         cost = {
             name: statistics.median(r["server_cpu_ms_per_delivery"] for r in steps)
             for name, steps in at.items()
             if steps
         }
-        chat = at["chat"]
-        lines.append(
-            [
-                f"{rate:.0f}",
-                f"{min(r['delivered_per_s'] for r in chat):.0f}" if chat else "",
-                f"{max(r['p99_ms'] for r in chat):.1f}" if chat else "",
-                sum(r["lost"] for r in chat) if chat else "",
-                f"{cost['chat']:.3f}" if "chat" in cost else "",
-                f"{cost['floor']:.3f}" if "floor" in cost else "",
-                f"{cost['chat'] / cost['floor']:.1f}×" if len(cost) == 2 and cost["floor"] else "",
-            ]
-        )
-    header = [
-        "offered/s",
-        "chat delivered/s (lowest)",
-        "chat p99 ms (highest)",
-        "chat lost",
-        "chat CPU ms/delivery",
-        "floor CPU ms/delivery",
-        "chat ÷ floor",
-    ]
+        cells = [f"{rate:.0f}"]
+        for name in names:
+            steps = at[name]
+            if name != "floor":
+                cells += [
+                    f"{min(r['delivered_per_s'] for r in steps):.0f}" if steps else "",
+                    f"{max(r['p99_ms'] for r in steps):.1f}" if steps else "",
+                    sum(r["lost"] for r in steps) if steps else "",
+                ]
+            cells.append(f"{cost[name]:.3f}" if name in cost else "")
+        for over, under in (("chat", "floor"), ("chat-api", "chat")):
+            if over in names and under in names:
+                ratio = cost.get(over, 0) / cost[under] if cost.get(under) else None
+                cells.append(f"{ratio:.2f}×" if ratio else "")
+        lines.append(cells)
+    header = ["offered/s"]
+    for name in names:
+        if name != "floor":
+            header += [f"{name} delivered/s (lowest)", f"{name} p99 ms (highest)", f"{name} lost"]
+        header.append(f"{name} CPU ms/delivery")
+    for over, under in (("chat", "floor"), ("chat-api", "chat")):
+        if over in names and under in names:
+            header.append(f"{over} ÷ {under}")
     return markdown_table(header, lines)
 
 
@@ -118,9 +122,11 @@ def write_report(rows, args, command):
         method = (
             f"All {args.rooms} × {args.room_size} members of each target join once and stay "
             f"connected. One warm-up step ({args.warmup_rate:g}/s, {args.warmup_seconds:g} s, "
-            f"in results.csv only), then the rates in turn, {args.repeats} round(s), chat and "
-            "floor step by step, the first of the two alternating. The cluster is never "
-            "restarted."
+            f"in results.csv only), then the rates in turn, {args.repeats} round(s), the "
+            f"targets ({args.targets}) step by step, their order reversed every other step. "
+            "The cluster is never restarted. chat-api is the same cluster with every "
+            f"{args.api_share}th message of a member posted to a replica's HTTP API (the "
+            "replicas in turn) instead of sent on its socket."
         )
     report = f"""# Load test: {title}
 
@@ -187,7 +193,15 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=3, help="generator processes per target")
     parser.add_argument("--message-bytes", type=int, default=100)
     parser.add_argument("--replicas", type=int, default=int(os.environ.get("REPLICAS", 3)))
-    parser.add_argument("--targets", default="chat,floor")
+    parser.add_argument(
+        "--targets", default="chat,floor", help="of chat, chat-api (needs --api-share), floor"
+    )
+    parser.add_argument(
+        "--api-share",
+        type=int,
+        default=10,
+        help="chat-api: every Nth message of a member goes through the HTTP API",
+    )
     parser.add_argument(
         "--setting", action="append", default=[], help="a chat setting, e.g. CHAT_CONSUMER=sync"
     )
@@ -220,19 +234,21 @@ def main(argv=None):
         print(" ".join(str(cell) for cell in step_cells(row)), f"[{row['phase']}]", flush=True)
 
     with ExitStack() as stack:
-        targets = []
+        targets, cluster = [], None
         for name in args.targets.split(","):
-            if name == "chat":
-                # Logs and generated configuration stay out of the results.
-                run_dir = Path(tempfile.mkdtemp(prefix="steady-"))
-                cluster = LocalCluster(run_dir, args.replicas, settings(args))
-                cluster.up()
-                stack.callback(cluster.down)
-                targets.append(ChatTarget(cluster))
+            if name in ("chat", "chat-api"):
+                if cluster is None:  # one cluster for both
+                    # Logs and generated configuration stay out of the results.
+                    run_dir = Path(tempfile.mkdtemp(prefix="steady-"))
+                    cluster = LocalCluster(run_dir, args.replicas, settings(args))
+                    cluster.up()
+                    stack.callback(cluster.down)
+                share = args.api_share if name == "chat-api" else 0
+                targets.append(ChatTarget(cluster, share))
             elif name == "floor":
                 targets.append(FloorTarget(stack.enter_context(FloorServer())))
             else:
-                raise SystemExit(f"unknown target {name!r}: chat or floor")
+                raise SystemExit(f"unknown target {name!r}: chat, chat-api or floor")
         if args.bursts:
             run_bursts(targets, load, args.burst_rate, args.bursts, args.pause, record)
         else:

@@ -1,7 +1,8 @@
 """The faults, each injected into a running local cluster, noted in a `fault` dict:
 kill (SIGKILL to the busiest replica), redis (restarted without its data), rolling
 (every replica drained and restarted, one at a time), shard (the last of several Redis
-shards restarted without its data), failover (SIGKILL to the primary under Sentinel)."""
+shards restarted without its data), failover (SIGKILL to the primary under Sentinel),
+api (kill and failover at once, while a service posts through the HTTP API)."""
 
 import asyncio
 import os
@@ -152,11 +153,28 @@ async def inject_failover(cluster, traffic, fault):
     fault["back_after_s"] = loop.time() - fault["injected_at"]
 
 
+async def inject_kill_and_failover(cluster, traffic, fault):
+    """A replica SIGKILLed and the Redis primary SIGKILLed at the same moment: the
+    publisher's posts meet both (harness/faults/publisher.py)."""
+    kill, failover = {"errors": fault["errors"]}, {"errors": fault["errors"]}
+    await asyncio.gather(
+        inject_kill(cluster, traffic, kill), inject_failover(cluster, traffic, failover)
+    )
+    fault["action"] = f"{kill.get('action')}; and {failover.get('action')}"
+    fault["injected_at"] = min(kill.get("injected_at") or 0, failover.get("injected_at") or 0)
+    fault["restarted"] = {**kill.get("restarted", {}), **failover.get("restarted", {})}
+    for name in ("failover_s", "new_primary"):
+        if name in failover:
+            fault[name] = failover[name]
+    fault["back_after_s"] = max(kill.get("back_after_s", 0), failover.get("back_after_s", 0))
+
+
 INJECTORS = {
     "kill": inject_kill,
     "redis": inject_redis,
     "rolling": inject_rolling,
     "shard": inject_shard,
     "failover": inject_failover,
+    "api": inject_kill_and_failover,
 }
 INJECTORS.update(NETWORK_INJECTORS)  # partition, slow: on a CLUSTER_NETWORK=netns cluster

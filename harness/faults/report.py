@@ -80,6 +80,8 @@ def details(result):
         lines.extend(
             f"  close not {CLOSE_SERVICE_RESTART}: {close}" for close in result["odd_closes"][:10]
         )
+    if "api" in result:
+        lines.append(f"  HTTP API publisher: {result['api']}")
     for part, figures in result.get("shards", {}).items():
         lines.append(f"  rooms on the {part} shard: {shard_line(figures)}")
     for target, met in result["targets"].items():

@@ -15,6 +15,7 @@ from ..shards import room_shard, rooms_across_shards
 from ..traffic import Traffic
 from .injectors import INJECTORS, wait_ready
 from .network import CLUSTER_SETTINGS as NETWORK_SETTINGS
+from .publisher import ApiPublisher
 from .report import summary_line
 from .targets import targets
 
@@ -24,11 +25,14 @@ SCENARIOS = tuple(INJECTORS)
 CLUSTER_SETTINGS = {
     "shard": {"REDIS_SHARDS": "2"},
     "failover": {"REDIS_HA": "sentinel"},
+    "api": {"REDIS_HA": "sentinel"},
     **NETWORK_SETTINGS,  # partition, slow: CLUSTER_NETWORK=netns
 }
 # Scenarios whose clients resend a message refused with `unavailable` (as the browser
 # page does), this many times a second apart: a failover's refusals are transient.
-UNAVAILABLE_RETRIES = {"failover": 10}
+UNAVAILABLE_RETRIES = {"failover": 10, "api": 10}
+# Scenarios in which a service also posts through the HTTP API (harness/faults/publisher.py).
+PUBLISHING_SCENARIOS = ("api",)
 INJECTION_TIMEOUT_S = 180
 # Beyond every phase of a scenario, a hard bound for the clients' connection loops.
 CONNECTION_LOOP_SPARE_S = 150
@@ -46,6 +50,7 @@ class Options:
     drain_seconds: int = 2
     replicas: int = 3
     recovery_limit: float = 5.0
+    api_rate: float = 10.0  # HTTP API posts per second, in the publishing scenarios
     settings: dict = field(default_factory=dict)  # more service settings, NAME -> value
 
     def cluster_settings(self):
@@ -69,12 +74,17 @@ async def run_scenario(cluster, scenario, options):
     )
     deadline = loop.time() + options.seconds + options.quiesce + CONNECTION_LOOP_SPARE_S
     fault = {"action": None, "injected_at": None, "errors": []}
+    publisher = None
+    if scenario in PUBLISHING_SCENARIOS:
+        publisher = await asyncio.to_thread(ApiPublisher, cluster, traffic, options.api_rate)
     try:
         await traffic.join(deadline)
         spread = Counter(client.replica for client in traffic.clients)
         started = loop.time()
         sending_until = started + max(options.seconds, options.warmup + options.settle)
         traffic.start_sending(deadline)  # stopped below, once the fault is over
+        if publisher is not None:
+            publisher.start(until=deadline)
         await asyncio.sleep(options.warmup)
         injection = loop.create_task(INJECTORS[scenario](cluster, traffic, fault))
         try:
@@ -86,9 +96,13 @@ async def run_scenario(cluster, scenario, options):
         injected_done = loop.time()
         remaining = max(sending_until - loop.time(), injected_done + options.settle - loop.time())
         await asyncio.sleep(max(remaining, 0))
+        if publisher is not None:
+            publisher.stop()
         await traffic.stop_sending()
         stopped = loop.time()
         traffic_seconds = stopped - started
+        if publisher is not None:
+            await publisher.settle()
         quiesced, settled = await traffic.quiesce(options.quiesce)
         if not injection.done():
             injection.cancel()
@@ -113,6 +127,8 @@ async def run_scenario(cluster, scenario, options):
         "max_resume_s": round(max_resume(traffic.clients), 2),
         "logs": log_findings(cluster, offsets),
     }
+    if publisher is not None:
+        figures["api"] = publisher.figures()
     if scenario == "shard":
         figures["shards"] = shard_figures(cluster, traffic, injected_at, stopped)
     figures["targets"] = targets(scenario, figures, options.recovery_limit)

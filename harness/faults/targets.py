@@ -21,6 +21,10 @@ def fault_took_effect(scenario, figures):
         return replaced and figures["shards"]["restarted"]["epochs_per_room_min"] >= 2
     if scenario == "failover":
         return replaced and "new_primary" in figures["fault"]
+    if scenario == "api":
+        fault = figures["fault"]
+        replicas = [name for name in fault.get("restarted", {}) if name.startswith("chat-")]
+        return replaced and bool(replicas) and "new_primary" in fault and figures["reconnects"] >= 1
     fault = figures["fault"]
     if scenario == "partition":
         # Packets were dropped, and the replica said so: /readyz failed during the cut.
@@ -81,6 +85,22 @@ def targets(scenario, figures, recovery_limit):
             f"acks back <= {limit:g} s after the failover": (
                 figures["ack_recovery_s"] - figures["fault"].get("failover_s", 0) <= limit
             ),
+            **sound,
+        }
+    if scenario == "api":
+        api = figures["api"]
+        return {
+            "lost == 0, duplicated == 0, republished == 0 (members' and API messages)": (
+                figures["lost"] == figures["duplicated"] == figures["republished"] == 0
+            ),
+            "every client message answered (unanswered == 0)": answered,
+            "every API post answered 2xx in the end": (
+                api["posts"] > 0 and api["acked"] == api["posts"]
+            ),
+            "a retried key is answered with its first id, as a duplicate": (
+                api["reposted_keys"] > 0 and not api["repost_mismatches"]
+            ),
+            "every history survived (one epoch per room)": figures["epochs_per_room_max"] == 1,
             **sound,
         }
     if scenario == "shard":

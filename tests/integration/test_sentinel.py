@@ -1,6 +1,6 @@
 """Redis with Sentinel (REDIS_HA=sentinel): a primary with two replicas and three
 Sentinels; the replicas follow the primary the Sentinels name, acknowledge a message
-only once a replica holds it, and lose none through a failover."""
+only once a replica holds it, and lose none through a failover, nor an HTTP API post."""
 
 import asyncio
 import contextlib
@@ -107,6 +107,18 @@ async def test_a_failover_loses_no_acknowledged_message_and_no_history(sentinel_
     print(report)
     missed = [target for target, met in result["targets"].items() if not met]
     assert not missed, f"missed {missed}:{report}"
+
+
+async def test_api_posts_through_a_replica_kill_and_a_failover_arrive_once(sentinel_cluster):
+    """Tests that a service posting through the HTTP API, retrying with its keys, while a
+    replica is SIGKILLed and the primary fails over, has every post answered 2xx in the
+    end and delivered once to every member; a resent key answers its first id."""
+    result = await scenarios.run_scenario(sentinel_cluster, "api", FAULT_OPTIONS)
+    report = f"\n{table([result])}\n{details(result)}"
+    print(report)
+    missed = [target for target, met in result["targets"].items() if not met]
+    assert not missed, f"missed {missed}:{report}"
+    assert result["api"]["posts"] >= 50, report
 
 
 async def test_no_ack_until_a_replica_holds_the_message(sentinel_cluster):

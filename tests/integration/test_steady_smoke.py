@@ -35,6 +35,9 @@ def assert_sane(row, rate, seconds, cpu=True):
     assert 0 < float(row["p50_ms"]) <= float(row["p99_ms"]) < 1000, row
     if row["target"] == "chat":
         assert int(row["acked"]) == sent, row
+    if row["target"] == "chat-api":  # every 3rd message posted to the HTTP API, not acked
+        assert int(row["api_posts"]) == pytest.approx(sent / 3, abs=ROOM_SIZE * 2), row
+        assert int(row["acked"]) == sent - int(row["api_posts"]), row
     if cpu:
         assert float(row["server_cpu_s"]) > 0, row
         assert float(row["generator_cpu_percent"]) > 0, row
@@ -42,11 +45,13 @@ def assert_sane(row, rate, seconds, cpu=True):
 
 def test_sweep_reports_sane_figures(tmp_path):
     """Tests loadtests/steady.py end to end, tiny: its own cluster and floor server, a
-    warm-up and one step each, every message delivered, CPU measured, CSV and report."""
+    warm-up and one step each, every message delivered, CPU measured, CSV and report;
+    the chat-api target posts every third message through the HTTP API."""
     rate = 300
     result = subprocess.run(
         [sys.executable, ROOT / "loadtests" / "steady.py", *TINY, "--rates", str(rate)]
-        + ["--repeats", "1", "--warmup-seconds", "1", "--out", tmp_path],
+        + ["--repeats", "1", "--warmup-seconds", "1", "--out", tmp_path]
+        + ["--targets", "chat,chat-api,floor", "--api-share", "3"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,8 +61,10 @@ def test_sweep_reports_sane_figures(tmp_path):
         rows = list(csv.DictReader(rows))
     assert sorted((row["phase"], row["target"]) for row in rows) == [
         ("sweep", "chat"),
+        ("sweep", "chat-api"),
         ("sweep", "floor"),
         ("warmup", "chat"),
+        ("warmup", "chat-api"),
         ("warmup", "floor"),
     ]
     for row in rows:
