@@ -74,7 +74,7 @@ loadtest: deps ## Compare async/sync consumers, pubsub/core layers and the raw f
 capacity: deps ## Benchmark idle connections through nginx against replica memory (KB per connection)
 	$(PYTHON) loadtests/capacity.py $(CAPACITY_ARGS)
 
-chaos: deps ## Fault drills under steady traffic: a replica SIGKILLed, Redis restarted, a rolling restart, a Redis shard restarted, a Sentinel failover, a replica cut off from Redis, a slow link to Redis (the last two need root)
+chaos: deps ## Fault drills under steady traffic: a replica SIGKILLed, Redis restarted, a rolling restart, a Redis shard restarted, a Sentinel failover, HTTP API posts through a kill and a failover, a replica cut off from Redis, a slow link to Redis (the last two need root)
 	$(PYTHON) loadtests/faults.py --scenario all --clients 60 --rooms 6 --rate 5 --seconds 20 --quiesce 30 $(CHAOS_ARGS)
 
 soak: deps ## 30 minutes of moderate load; every replica's memory over time (loadtests/results/<date>/soak.md)

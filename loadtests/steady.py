@@ -193,9 +193,7 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=3, help="generator processes per target")
     parser.add_argument("--message-bytes", type=int, default=100)
     parser.add_argument("--replicas", type=int, default=int(os.environ.get("REPLICAS", 3)))
-    parser.add_argument(
-        "--targets", default="chat,floor", help="of chat, chat-api (needs --api-share), floor"
-    )
+    parser.add_argument("--targets", default="chat,chat-api,floor", help="of chat, chat-api, floor")
     parser.add_argument(
         "--api-share",
         type=int,

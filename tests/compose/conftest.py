@@ -50,6 +50,7 @@ class Stack:
     environment: dict
     lb_port: int
     prometheus_port: int
+    api_key: str = ""
 
     def docker(self, *arguments, timeout=600, check=True):
         return run(["docker", *arguments], self.environment, timeout, check)
@@ -104,11 +105,12 @@ def compose_stack(engine, name, files=("docker-compose.yml",)):
     own; afterwards keeps its logs in .run/compose-test-<name>.log and takes it down with
     its volumes, also when bringing it up failed."""
     base = free_port_block(2)
-    stack = Stack(dict(engine), lb_port=base, prometheus_port=base + 1)
+    stack = Stack(dict(engine), base, base + 1, api_key=secrets.token_urlsafe(24))
     stack.environment.update(
         COMPOSE_PROJECT_NAME=f"chat-cluster-test-{name}-{uuid.uuid4().hex[:6]}",
         COMPOSE_FILE=os.pathsep.join(files),
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        CHAT_API_KEYS=stack.api_key,
         LB_PORT=str(stack.lb_port),
         PROMETHEUS_PORT=str(stack.prometheus_port),
         CHAT_IMAGE="chat-cluster/chat:compose-test",

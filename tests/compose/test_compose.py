@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -58,6 +59,40 @@ async def test_message_through_nginx_reaches_every_replica(stack):
     await asyncio.gather(*(client.assert_silent(0.5) for client in clients))
     for client in clients:
         await client.close()
+
+
+# Run in a chat container: a service on the compose network posting to the API.
+API_POST = """
+import json, sys, urllib.request
+request = urllib.request.Request(
+    "http://chat:8001/api/v1/rooms/compose-api/messages",
+    json.dumps({"text": "from a service", "sender": "svc"}).encode(),
+    {"Content-Type": "application/json", "Authorization": "Bearer " + sys.argv[1]},
+)
+print(urllib.request.urlopen(request, timeout=10).read().decode())
+"""
+
+
+async def test_the_api_answers_on_the_network_and_not_through_nginx(stack):
+    """Tests that a service on the compose network publishes through a replica's API,
+    with the key compose gave the replicas, and that nginx answers 404 there."""
+    member = await join(stack, "compose-api")
+    container = stack.containers("chat")[0]["ID"]
+    result = stack.docker("exec", container, "python", "-c", API_POST, stack.api_key)
+    answer = json.loads(result.stdout)
+    frame = await member.receive_chat()
+    assert (frame["id"], frame["system"]) == (answer["id"], True)
+    assert frame["message"] == "from a service"
+    request = urllib.request.Request(
+        f"{stack.origin}/api/v1/rooms/compose-api/messages",
+        b'{"text": "through nginx"}',
+        {"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_key}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 404
+    await member.assert_silent(0.5)
+    await member.close()
 
 
 async def test_stopped_replica_drains_with_1012_and_its_client_resumes(stack):
