@@ -17,6 +17,7 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 
 from .client import message_frame, open_socket
+from .publishing import room_messages_path
 
 CONNECT_CONCURRENCY = 50  # handshakes in flight per worker
 CONNECT_TIMEOUT_S = 30
@@ -221,7 +222,7 @@ class Worker:
         """Posts a member's message through the HTTP API instead of its socket, as a
         service would; its room receives it like the others."""
         urls = self.api["urls"]
-        url = f"{urls[self.api_turn % len(urls)]}/api/v1/rooms/{member.room}/messages"
+        url = urls[self.api_turn % len(urls)] + room_messages_path(member.room)
         self.api_turn += 1
         try:
             response = await self.api_client.post(url, json={"text": text, "sender": "load"})

@@ -4,6 +4,7 @@ management command and the HTTP API, with members on every replica."""
 
 import asyncio
 import json
+import socket
 import uuid
 
 from harness.client import chat_query, join
@@ -233,3 +234,43 @@ async def test_redis_down_is_503_and_the_retry_publishes_once(faults_cluster):
     assert (await member.receive_chat())["message"] == "after the outage"
     await member.assert_silent(1.0)
     await member.close()
+
+
+def api_request_head(cluster, headers):
+    lines = [
+        f"POST {room_messages_path('lobby')} HTTP/1.1",
+        f"Host: {cluster.replica_host(1)}",
+        "Content-Type: application/json",
+        f"Authorization: Bearer {cluster.api_key()}",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_body_declared_too_large_is_refused_before_it_is_sent(cluster):
+    """Tests that the replica answers 413 on the headers alone: Daphne would otherwise
+    hold the whole body before the application saw any of it."""
+    address = (cluster.replica_host(1), cluster.replica_port(1))
+    with socket.create_connection(address, timeout=5) as connection:
+        connection.sendall(api_request_head(cluster, [f"Content-Length: {32 << 20}"]))
+        answer = connection.recv(4096).decode()  # times out if the replica waits
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413"), answer
+    assert json.loads(body)["error"]["code"] == "body_too_large"
+
+
+def test_a_chunked_body_past_the_limit_is_not_read_on(cluster):
+    """Tests that a body without a declared length is cut off past the limit: the
+    replica closes the connection long before 32 MiB are taken."""
+    address = (cluster.replica_host(1), cluster.replica_port(1))
+    chunk = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
+    taken = 0
+    with socket.create_connection(address, timeout=10) as connection:
+        connection.sendall(api_request_head(cluster, ["Transfer-Encoding: chunked"]))
+        try:
+            for _ in range(512):  # 32 MiB
+                connection.sendall(chunk)
+                taken += len(chunk)
+        except OSError:  # reset or broken pipe: the replica closed it
+            pass
+    assert taken < 16 << 20, f"the replica took {taken} bytes of body"

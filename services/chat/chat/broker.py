@@ -87,7 +87,7 @@ class PublishRequest:
     sender: str  # the display name shown with it
     replica: str  # the replica that took it
     ref: str | None = None  # the client's ref: a retry of it is not published twice
-    ref_ttl: int | None = None  # seconds the ref is remembered; None: REF_TTL
+    ref_ttl: int | None = None  # seconds the ref is remembered; None: REF_TTL (SERVER_REF_TTL)
     system: bool = False  # sent by server code (chat.publish), not a member
 
 

@@ -70,7 +70,8 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             if self.acceptable(message):
                 await self.handle(message)
         finally:
-            if not message["type"].startswith("websocket."):
+            kind = message.get("type")
+            if not (isinstance(kind, str) and kind.startswith("websocket.")):
                 self.fan_out.handled(self.subscription)  # a message from its inbox
 
     async def handle(self, message: Event) -> None:

@@ -8,6 +8,9 @@ anyone: counted in chat_events_dropped_total by reason and logged once per reaso
 per process, never a traceback per member and never a closed socket. The tutorial's
 own shape is taken as a publish where it is sent (chat.publish.TutorialMessages);
 one that arrives raw, from a process without it, is dropped as `tutorial_shape`.
+On the pub/sub layer the fan-out checks each of a room's events once, knowing it came
+to the group; on the core and in-memory layers, which queue a group's events with a
+consumer's own, each consumer checks what it is handed.
 
 docs/protocol.md lists the events and what each must carry.
 """
@@ -42,9 +45,6 @@ HINTS = {
     UNDECODABLE: "the event is not msgpack as channels_redis encodes it",
 }
 
-# The reasons this process has logged: each is logged once, then only counted.
-logged_reasons: set[str] = set()
-
 
 def is_chat_message(event: Mapping[str, Any]) -> bool:
     """A numbered chat message as the broker publishes it (chat.protocol.chat_event)."""
@@ -69,10 +69,12 @@ def is_tutorial_message(event: Mapping[str, Any]) -> bool:
     )
 
 
-def problem(event: object, max_bytes: int) -> str | None:
-    """Why a consumer must not handle `event` (a reason of REASONS), or None. Only a
-    chat message's frame can be large; it is measured in characters, a lower bound
-    of its bytes."""
+def problem(event: object, max_bytes: int, on_group: bool = False) -> str | None:
+    """Why a consumer must not handle `event` (a reason of REASONS), or None. On a
+    room's group (`on_group`) only a room's events are; the replica's own, sent to one
+    consumer's channel, are not (a group_send of "channel.overflow" would close every
+    member). Only a frame can be large; it is measured in characters, a lower bound of
+    its bytes."""
     if not isinstance(event, Mapping):
         return BAD_FIELDS
     kind = event.get("type")
@@ -85,26 +87,33 @@ def problem(event: object, max_bytes: int) -> str | None:
         if frame is not None and not isinstance(frame, str):
             return BAD_FIELDS
         return OVERSIZED if frame is not None and len(frame) > max_bytes else None
-    if kind in (HISTORY_CATCH_UP, CHANNEL_OVERFLOW):
+    if kind in (HISTORY_CATCH_UP, CHANNEL_OVERFLOW) and not on_group:
         return None
     return UNKNOWN_TYPE
 
 
-def drop(reason: str, where: str, event: object = None) -> None:
-    """Counts a dropped event; logs the first of each reason with what it looked like
-    (its type and field names, never its content)."""
-    metrics.events_dropped.labels(reason).inc()
-    if reason in logged_reasons:
-        return
-    logged_reasons.add(reason)
-    shape = ""
-    if isinstance(event, Mapping):
-        shape = f" type={event.get('type')!r} fields={sorted(map(str, event))}"
-    logger.warning(
-        "dropped an event on %s (%s)%s: %s; further ones are only counted"
-        " (chat_events_dropped_total)",
-        where,
-        reason,
-        shape,
-        HINTS[reason],
-    )
+class Drops:
+    """The events a replica dropped: counted, and each reason logged once (the replica
+    holds one, chat.replica)."""
+
+    def __init__(self) -> None:
+        self.logged: set[str] = set()
+
+    def drop(self, reason: str, where: str, event: object = None) -> None:
+        """Counts a dropped event; logs the first of each reason with what it looked
+        like (its type and field names, never its content)."""
+        metrics.events_dropped.labels(reason).inc()
+        if reason in self.logged:
+            return
+        self.logged.add(reason)
+        shape = ""
+        if isinstance(event, Mapping):
+            shape = f" type={event.get('type')!r} fields={sorted(map(str, event))}"
+        logger.warning(
+            "dropped an event on %s (%s)%s: %s; further ones are only counted"
+            " (chat_events_dropped_total)",
+            where,
+            reason,
+            shape,
+            HINTS[reason],
+        )

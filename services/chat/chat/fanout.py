@@ -83,9 +83,12 @@ class Publication:
 class FanOut:
     """The fan-out of one replica (built once, chat.replica.Replica)."""
 
-    def __init__(self, decode: Callable[[bytes], Event], max_event_bytes: int) -> None:
+    def __init__(
+        self, decode: Callable[[bytes], Event], max_event_bytes: int, drops: events.Drops
+    ) -> None:
         self.decode = decode
         self.max_event_bytes = max_event_bytes
+        self.drops = drops
         self.subscriptions: dict[str, Subscription] = {}  # channel name -> its subscription
         self.rooms: Counter[str] = Counter()  # group channel -> its subscriptions here
 
@@ -206,9 +209,9 @@ class FanOut:
                 event = self.decode(data)
             except Exception:  # noqa: BLE001 - whatever the decoder raises, it is dropped
                 reason = events.UNDECODABLE
-        reason = reason or events.problem(event, self.max_event_bytes)
+        reason = reason or events.problem(event, self.max_event_bytes, on_group=True)
         if reason is not None:
-            events.drop(reason, group_channel, event)
+            self.drops.drop(reason, group_channel, event)
             return None
         frame = event.get("frame") if event.get("type") == CHAT_MESSAGE else None
         return Publication(event, SharedFrame(frame) if isinstance(frame, str) else None)

@@ -11,8 +11,11 @@ chat.publish, as send_to_room does. Every answer is JSON; an error is
 {"error": {"code": ..., "detail": ...}} with the status of STATUS.
 """
 
+import asyncio
 import hmac
 import json
+import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -21,8 +24,18 @@ from django.conf import settings
 
 from . import metrics
 from .limits import TokenBucket
-from .publish import VIA_HTTP, Published, PublishError, publish, publish_request
+from .publish import (
+    SYSTEM_SENDER,
+    VIA_HTTP,
+    Published,
+    PublishError,
+    check_message,
+    publish,
+    publish_request,
+)
 from .replica import current
+
+logger = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Message = Mapping[str, Any]
@@ -61,6 +74,7 @@ STATUS = {
     "invalid_key": 400,
     "unavailable": 503,
     "timeout": 503,
+    "internal": 500,
 }
 DETAILS = {
     "not_found": "No such API path; see docs/http-api.md.",
@@ -73,8 +87,10 @@ DETAILS = {
     "body_too_large": "The body is larger than {limit} bytes.",
     "invalid_json": "The body is not valid JSON.",
     "invalid_body": "The body must be a JSON object.",
+    "internal": "The replica failed to answer; this is a bug, logged on the replica.",
 }
-RETRYABLE = {"rate_limited", "draining", "unavailable", "timeout"}
+# The answers that say when to try again (Retry-After).
+RETRY_AFTER_CODES = {"rate_limited", "draining", "unavailable", "timeout"}
 
 
 class ApiError(Exception):
@@ -88,14 +104,22 @@ class HttpApi:
     """The API as an ASGI application, under PREFIX (mounted by chat.probes)."""
 
     def __init__(self) -> None:
-        # Each key's rate limit (a new one if the settings change: tests).
+        # Each key's rate limit, under its settings (which tests change).
         self.buckets: dict[tuple[bytes, int, int], TokenBucket] = {}
+        keys_file = settings.CHAT_API_KEYS_FILE
+        if keys_file and not os.path.exists(keys_file):
+            logger.warning("CHAT_API_KEYS_FILE %s does not exist: it holds no API key", keys_file)
+        if not settings.CHAT_API_KEYS:
+            logger.info("no API key is configured: the HTTP API answers 403 api_disabled")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             status, body = await self.answer(scope, receive)
         except ApiError as error:
             status, body = STATUS[error.code], error_body(error.code, error.detail)
+        except Exception:  # a bug: answered in JSON like the rest, the request not logged
+            logger.exception("the HTTP API failed on %s", scope.get("path"))
+            status, body = STATUS["internal"], error_body("internal", DETAILS["internal"])
         metrics.api_requests.labels(str(status)).inc()
         await respond(send, status, body)
 
@@ -106,7 +130,7 @@ class HttpApi:
             raise ApiError("not_found")
         if scope["method"] != "POST":
             raise ApiError("method_not_allowed")
-        self.authorize(headers(scope))
+        bucket = self.authorize(headers(scope))
         if current().draining:
             raise ApiError("draining")
         content = await read_json(scope, receive)
@@ -115,9 +139,14 @@ class HttpApi:
             published = await publish_one(room_path["room"], content)
             return 200, result(published)
         check_fields(content, BROADCAST_FIELDS)
-        return 200, {"results": await broadcast(content)}
+        rooms = broadcast_rooms(content)
+        # A broadcast costs a request per room; the first was taken by authorize().
+        if not bucket.allow(len(rooms) - 1):
+            raise ApiError("rate_limited", rate=settings.CHAT_API_RATE_LIMIT)
+        return 200, {"results": await broadcast(rooms, content)}
 
-    def authorize(self, request_headers: dict[bytes, bytes]) -> None:
+    def authorize(self, request_headers: dict[bytes, bytes]) -> TokenBucket:
+        """The key's rate limit, once it has allowed this request; raises ApiError."""
         keys = [key.encode() for key in settings.CHAT_API_KEYS]
         if not keys:
             raise ApiError("api_disabled")
@@ -136,6 +165,7 @@ class HttpApi:
             bucket = self.buckets[found, rate, burst] = TokenBucket(rate, burst)
         if not bucket.allow():
             raise ApiError("rate_limited", rate=settings.CHAT_API_RATE_LIMIT)
+        return bucket
 
 
 async def publish_one(room: str, content: dict[str, Any]) -> Published:
@@ -144,7 +174,7 @@ async def publish_one(room: str, content: dict[str, Any]) -> Published:
         request = publish_request(
             room,
             content.get("text"),
-            content.get("sender", "system"),
+            content.get("sender", SYSTEM_SENDER),
             content.get("key"),
         )
         return await publish(request, VIA_HTTP)
@@ -152,10 +182,9 @@ async def publish_one(room: str, content: dict[str, Any]) -> Published:
         raise ApiError(error.code, error.detail) from None
 
 
-async def broadcast(content: dict[str, Any]) -> list[dict[str, Any]]:
-    """One result per room, in order: published, or its error. Each room is published
-    on its own: on a failure, retrying the whole request with the same key publishes
-    only what was not."""
+def broadcast_rooms(content: dict[str, Any]) -> list[str]:
+    """The rooms of a broadcast, checked with the rest of its body: an error that would
+    be every room's is the request's."""
     rooms = content.get("rooms")
     limit = settings.CHAT_API_MAX_ROOMS
     if (
@@ -166,13 +195,25 @@ async def broadcast(content: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         detail = f'"rooms" must be a list of 1 to {limit} different room names.'
         raise ApiError("invalid_field", detail)
-    results = []
-    for room in rooms:
+    try:
+        check_message(content.get("text"), content.get("sender", SYSTEM_SENDER), content.get("key"))
+    except PublishError as error:
+        raise ApiError(error.code, error.detail) from None
+    return rooms
+
+
+async def broadcast(rooms: list[str], content: dict[str, Any]) -> list[dict[str, Any]]:
+    """One result per room, in order: published, or its error. The rooms are published
+    at once, each on its own (they may live on different shards): after a failure,
+    retrying the whole request with the same key publishes only what was not."""
+
+    async def publish_to(room: str) -> dict[str, Any]:
         try:
-            results.append(result(await publish_one(room, content)))
+            return result(await publish_one(room, content))
         except ApiError as error:
-            results.append({"room": room, **error_body(error.code, error.detail)})
-    return results
+            return {"room": room, **error_body(error.code, error.detail)}
+
+    return list(await asyncio.gather(*(publish_to(room) for room in rooms)))
 
 
 def check_fields(content: dict[str, Any], allowed: set[str]) -> None:
@@ -188,6 +229,8 @@ async def read_json(scope: Scope, receive: Receive) -> dict[str, Any]:
     media_type = request_headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if media_type != b"application/json":
         raise ApiError("unsupported_media_type")
+    # chatsite.serve refuses a larger body before it is read; this bounds it under any
+    # other server too.
     limit = settings.CHAT_API_MAX_BODY_BYTES
     declared = request_headers.get(b"content-length", b"0")
     if declared.isdigit() and int(declared) > limit:
@@ -204,7 +247,7 @@ async def read_json(scope: Scope, receive: Receive) -> dict[str, Any]:
             break
     try:
         content = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise ApiError("invalid_json") from None
     if not isinstance(content, dict):
         raise ApiError("invalid_body")
@@ -231,7 +274,7 @@ def error_body(code: str, detail: str) -> dict[str, Any]:
 async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
     response_headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
     code = body.get("error", {}).get("code")
-    if code in RETRYABLE:
+    if code in RETRY_AFTER_CODES:
         response_headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
     if code == "unauthorized":
         response_headers.append((b"www-authenticate", b'Bearer realm="chat-cluster"'))

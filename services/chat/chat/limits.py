@@ -1,4 +1,4 @@
-"""Per-connection rate limit: a token bucket, refilled continuously."""
+"""Rate limits (a connection's, an API key's): a token bucket, refilled continuously."""
 
 import time
 from collections.abc import Callable
@@ -14,11 +14,11 @@ class TokenBucket:
         self.tokens = float(burst)
         self.updated = clock()
 
-    def allow(self) -> bool:
+    def allow(self, cost: float = 1) -> bool:
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False

@@ -85,7 +85,7 @@ class RoomMember:
         reason = events.problem(message, settings.CHAT_MAX_EVENT_BYTES)
         if reason is None:
             return True
-        events.drop(reason, self.room_group_name or self.channel_name, message)
+        self.replica.event_drops.drop(reason, self.room_group_name or self.channel_name, message)
         return False
 
     # Joining

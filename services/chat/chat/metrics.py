@@ -119,8 +119,8 @@ slow_consumer_disconnects = Counter(
 events_dropped = Counter(
     "events_dropped",
     "Channel-layer events dropped before reaching any client because they are not"
-    " well-formed chat events, by reason (unknown_type, bad_fields, oversized,"
-    " undecodable). Code that sends to a room's group by hand is the usual cause.",
+    " well-formed chat events, by reason (tutorial_shape, unknown_type, bad_fields,"
+    " oversized, undecodable). Code that sends to a room's group by hand is the usual cause.",
     ["reason"],
     namespace=NAMESPACE,
 )

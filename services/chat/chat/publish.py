@@ -14,8 +14,8 @@ retries a task whose worker died) publish nothing and return the first id.
 Every publish of a process runs on one event loop, so that the broker's Redis
 clients never cross loops (channels_redis 4 and redis-py 5 bind a connection to the
 loop that made it: "Event loop is closed" when a loop of async_to_sync has gone):
-the replica's serving loop where one runs (Daphne), else a thread of its own that
-this module starts (a worker, a command). send_to_room blocks its thread until the
+the replica's serving loop where one runs (Daphne), else a thread of its own
+(a worker, a command): Replica.publishing_loop(). send_to_room blocks its thread until the
 message is published; asend_to_room is its twin for code in an event loop.
 
 TutorialMessages takes the tutorial's own event, group_send of
@@ -25,10 +25,10 @@ TutorialMessages takes the tutorial's own event, group_send of
 import asyncio
 import concurrent.futures
 import logging
-import threading
 from dataclasses import dataclass
 
 from django.conf import settings
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import events, metrics, protocol
 from .broker import PublishRequest, PublishResult
@@ -53,15 +53,21 @@ ERRORS = {
     "invalid_sender": "Sender must be 1 to 32 printable characters.",
     "invalid_key": 'Key must be 1 to 64 characters of A-Z, a-z, 0-9, "_" or "-".',
     "wrong_context": "send_to_room() was called in a running event loop: await asend_to_room().",
-    "unavailable": "Redis could not take the message; nothing was published. Try again.",
-    "timeout": "No answer within CHAT_PUBLISH_TIMEOUT; it may have been published:"
-    " retry with the same key.",
+    "unavailable": "Redis could not take or confirm the message: retry with the same key,"
+    " which publishes it once.",
+    "timeout": "No answer within CHAT_PUBLISH_TIMEOUT: retry with the same key, which"
+    " publishes it once.",
 }
 
 
+# The codes after which a retry (with the same key) may succeed.
+RETRYABLE = ("unavailable", "timeout")
+
+
 class PublishError(Exception):
-    """A message that was not published: `code` is a key of ERRORS. Only "timeout"
-    leaves it unknown whether it was; a retry with the same key is safe either way."""
+    """A message that was not published, or not confirmed: `code` is a key of ERRORS.
+    After "unavailable" or "timeout" Redis may hold it (it failed as it answered, or a
+    WAIT was not met); a retry with the same key publishes it once either way."""
 
     def __init__(self, code: str, **params: object) -> None:
         self.code = code
@@ -77,14 +83,16 @@ class Published:
     duplicate: bool  # the key was published before: nothing was sent again
 
 
-def publish_request(room: str, text: object, sender: object, key: object) -> PublishRequest:
-    """The broker's request for a message of server code, or raises PublishError."""
-    if not isinstance(room, str) or protocol.room_group_name(room) is None:
-        raise PublishError("invalid_room")
+def check_message(text: object, sender: object, key: object) -> None:
+    """Raises PublishError if the text, sender or key may not be published."""
     if not isinstance(text, str) or not text.strip():
         raise PublishError("invalid_text")
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no UTF-8 text
+        raise PublishError("invalid_text") from None
     limit = settings.CHAT_MAX_MESSAGE_BYTES
-    if len(text) * 4 > limit and len(text.encode()) > limit:
+    if size > limit:
         raise PublishError("text_too_large", limit=limit)
     if not (
         isinstance(sender, str)
@@ -94,13 +102,22 @@ def publish_request(room: str, text: object, sender: object, key: object) -> Pub
         raise PublishError("invalid_sender")
     if key is not None and not (isinstance(key, str) and protocol.REF_PATTERN.fullmatch(key)):
         raise PublishError("invalid_key")
+
+
+def publish_request(room: object, text: object, sender: object, key: object) -> PublishRequest:
+    """The broker's request for a message of server code, or raises PublishError."""
+    if not isinstance(room, str) or protocol.room_group_name(room) is None:
+        raise PublishError("invalid_room")
+    check_message(text, sender, key)
+    assert isinstance(text, str)  # checked
+    assert isinstance(sender, str)
     return PublishRequest(
         room,
         text,
         sender.strip(),
         current().name,
-        ref=None if key is None else KEY_PREFIX + key,
-        ref_ttl=settings.CHAT_PUBLISH_KEY_TTL,
+        ref=None if key is None else f"{KEY_PREFIX}{key}",
+        ref_ttl=None if key is None else settings.CHAT_PUBLISH_KEY_TTL,
         system=True,
     )
 
@@ -117,7 +134,9 @@ def send_to_room(
     else:
         raise PublishError("wrong_context")
     request = publish_request(room, text, sender, key)
-    future = asyncio.run_coroutine_threadsafe(publish_here(request, VIA_PYTHON), publishing_loop())
+    future = asyncio.run_coroutine_threadsafe(
+        publish_here(request, VIA_PYTHON), current().publishing_loop()
+    )
     try:
         return future.result(timeout=settings.CHAT_PUBLISH_TIMEOUT)
     except concurrent.futures.TimeoutError:
@@ -134,7 +153,7 @@ async def asend_to_room(
 
 async def publish(request: PublishRequest, via: str) -> Published:
     """Publishes on the process's publishing loop, from whichever loop this runs on."""
-    loop = publishing_loop()
+    loop = current().publishing_loop()
     if asyncio.get_running_loop() is loop:
         return await publish_here(request, via)
     future = asyncio.run_coroutine_threadsafe(publish_here(request, via), loop)
@@ -149,42 +168,14 @@ async def publish_here(request: PublishRequest, via: str) -> Published:
     try:
         async with asyncio.timeout(settings.CHAT_PUBLISH_TIMEOUT):
             result: PublishResult = await current().broker.publish(request)
+    except (TimeoutError, RedisTimeoutError):  # before LAYER_ERRORS: both are OSErrors
+        logger.warning("publishing to %s timed out", request.room)
+        raise PublishError("timeout") from None
     except LAYER_ERRORS as error:
         logger.warning("publishing to %s failed: %r", request.room, error)
         raise PublishError("unavailable") from None
-    except TimeoutError:
-        raise PublishError("timeout") from None
     metrics.service_publishes.labels(via).inc()
     return Published(request.room, result.id, result.epoch, result.duplicate)
-
-
-class PublisherThread:
-    """A daemon thread running an event loop of its own, for processes that serve
-    nothing (a Celery worker, a management command): started by the first publish."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def running_loop(self) -> asyncio.AbstractEventLoop:
-        with self.lock:
-            if self.loop is None or self.loop.is_closed():
-                self.loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=self.loop.run_forever, name="chat-publisher", daemon=True
-                ).start()
-            return self.loop
-
-
-publisher_thread = PublisherThread()
-
-
-def publishing_loop() -> asyncio.AbstractEventLoop:
-    """The replica's serving loop if one runs in this process, else the publisher thread's."""
-    serving_loop = current().serving_loop
-    if serving_loop is not None and serving_loop.is_running():
-        return serving_loop
-    return publisher_thread.running_loop()
 
 
 class TutorialMessages:

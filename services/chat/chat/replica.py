@@ -17,10 +17,11 @@ from django.apps import apps
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from . import metrics
+from . import events, metrics
 from .broker import Broker, HistoryLimits, MemoryBroker, RedisBroker
 from .channel_layer import LAYER_ERRORS, RoomLayer
 from .fanout import FanOut
+from .loop_thread import LoopThread
 from .presence import MemoryPresence, Presence, RedisPresence
 from .redis_clients import Server, refuses_writes
 from .retry import Backoff, retry
@@ -66,7 +67,8 @@ class Replica:
         self.channel_layer = channel_layer
         self.broker = broker
         self.presence = presence
-        self.fan_out = FanOut(channel_layer.decode, max_event_bytes)
+        self.event_drops = events.Drops()
+        self.fan_out = FanOut(channel_layer.decode, max_event_bytes, self.event_drops)
         channel_layer.hand_messages_to(self.fan_out)
         self.redis_servers = redis_servers  # none with the in-memory layer
         self.max_connections = max_connections
@@ -75,8 +77,10 @@ class Replica:
         self.maintenance: asyncio.Task[None] | None = None
         self.redis_healthy = True
         # The loop that serves this replica's sockets and requests, where server code
-        # publishes too (chat.publish); None until it has run something.
+        # publishes too (chat.publish); None until it has run something. A process that
+        # serves nothing (a worker, a command) publishes on a thread of its own.
         self.serving_loop: asyncio.AbstractEventLoop | None = None
+        self.publisher = LoopThread("chat-publisher")
 
     @classmethod
     def from_settings(cls, channel_layer: RoomLayer) -> "Replica":
@@ -127,6 +131,13 @@ class Replica:
         connection (under `runserver` or tests, the first one names it)."""
         if self.serving_loop is None or self.serving_loop.is_closed():
             self.serving_loop = asyncio.get_running_loop()
+
+    def publishing_loop(self) -> asyncio.AbstractEventLoop:
+        """The serving loop once there is one, else the publisher thread's: the broker's
+        Redis clients stay on one loop (a closed serving loop is one of tests)."""
+        if self.serving_loop is not None and not self.serving_loop.is_closed():
+            return self.serving_loop
+        return self.publisher.running_loop()
 
     # Connections
 

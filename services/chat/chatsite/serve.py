@@ -29,6 +29,8 @@ slow client's messages wait in its queue from Redis, which is bounded too.
 import asyncio
 import gc
 import inspect
+import io
+import json
 import logging
 import os
 import signal
@@ -51,6 +53,7 @@ from autobahn.websocket.protocol import (  # noqa: E402
     WebSocketProtocol as AutobahnWebSocketProtocol,
 )
 from daphne.cli import CommandLineInterface  # noqa: E402
+from daphne.http_protocol import HTTPFactory, WebRequest  # noqa: E402
 from daphne.server import Server  # noqa: E402
 from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -58,8 +61,9 @@ from twisted.internet import reactor as twisted_reactor  # noqa: E402
 from twisted.internet import tcp  # noqa: E402
 from twisted.internet.base import DelayedCall  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
+from twisted.web import http  # noqa: E402
 
-from chat import metrics, protocol  # noqa: E402
+from chat import http_api, metrics, protocol  # noqa: E402
 from chat.replica import current  # noqa: E402
 from chat.write_flow import WRITE_FLOW, SharedFrame, WriteFlow  # noqa: E402
 
@@ -167,6 +171,68 @@ class ChatWebSocketProtocol(WebSocketProtocol):
         super().dropConnection(abort=abort and not self.wasClean)
 
 
+class BoundedRequest(WebRequest):
+    """Daphne's HTTP request, its body bounded by CHAT_API_MAX_BODY_BYTES: Twisted keeps
+    a whole body (in a temporary file past 100 kB), and Daphne queues all of it for the
+    application before it reads any. A body declared or found larger is answered 413 at
+    once, the connection closed, and nothing more of it kept. The service takes no
+    larger bodies: its pages are GETs, the HTTP API's bodies are this small."""
+
+    too_large = False
+    body_bytes = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > settings.CHAT_API_MAX_BODY_BYTES:
+            self.content = io.BytesIO()
+            self.refuse_body()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self.body_bytes += len(data)
+        if self.body_bytes > settings.CHAT_API_MAX_BODY_BYTES:
+            self.refuse_body()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> Any:
+        if not self.too_large:
+            return super().process()
+        return None
+
+    def refuse_body(self) -> None:
+        """413, written straight to the socket before the body is read, then closed."""
+        self.too_large = True
+        limit = settings.CHAT_API_MAX_BODY_BYTES
+        error = {"code": "body_too_large", "detail": f"The body is larger than {limit} bytes."}
+        body = json.dumps({"error": error}).encode()
+        head = (
+            "HTTP/1.1 413 Request Entity Too Large\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"X-Chat-Replica: {current().name}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        if self.uri.startswith(http_api.PREFIX.encode()):
+            metrics.api_requests.labels("413").inc()
+        self.channel.transport.write(head.encode() + body)
+        self.channel.transport.loseConnection()
+
+
+def bound_request_bodies(factory: HTTPFactory) -> None:
+    """Makes the factory's connections use BoundedRequest instead of Daphne's request."""
+    build = factory.buildProtocol
+
+    def build_bounded(address: Any) -> Any:
+        connection = build(address)
+        connection.requestFactory = BoundedRequest
+        return connection
+
+    factory.buildProtocol = build_bounded
+
+
 class SocketWriteFlow:
     """A WebSocket's write side: the socket's producer, which Twisted tells as its write
     buffer fills and drains (IPushProducer), and the write flow the consumer sees
@@ -263,13 +329,13 @@ def offered_write_flow(socket: ChatWebSocketProtocol) -> WriteFlow:
     return socket.flow
 
 
-class WriteInternalsChanged(RuntimeError):
-    """Twisted or autobahn is not what ChatWebSocketProtocol's writes were written for."""
+class ServerInternalsChanged(RuntimeError):
+    """Twisted, autobahn or Daphne is not what this module was written for."""
 
 
-def check_write_internals() -> None:
-    """Fails loudly if Twisted or autobahn no longer work the way write_now() and
-    send_shared() use them (requirements.in bounds both)."""
+def check_server_internals() -> None:
+    """Fails loudly if Twisted, autobahn or Daphne no longer work the way write_now(),
+    send_shared() and BoundedRequest use them (requirements.in bounds them)."""
     problems = []
     left, right = socket.socketpair()
     try:
@@ -288,8 +354,13 @@ def check_write_internals() -> None:
     made = AutobahnWebSocketProtocol._connectionMade
     if "self._perMessageCompress = None" not in inspect.getsource(made):
         problems.append("autobahn keeps the negotiated compression elsewhere")
+    if "protocol.requestFactory = WebRequest" not in inspect.getsource(HTTPFactory.buildProtocol):
+        problems.append("Daphne's HTTP factory no longer sets its request class per connection")
+    for name in ("gotLength", "handleContentChunk"):
+        if name not in vars(http.Request):
+            problems.append(f"Twisted's Request has no {name}()")
     if problems:
-        raise WriteInternalsChanged("; ".join(problems))
+        raise ServerInternalsChanged("; ".join(problems))
 
 
 # What write_now() reads of a Twisted connection to know it holds nothing to write.
@@ -314,11 +385,11 @@ class DrainingServer(Server):
         self.drain_deadline = 0.0
 
     def run(self) -> None:
-        check_write_internals()  # at start-up, not on the first message
+        check_server_internals()  # at start-up, not on the first message
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.on_signal)
-        # run() makes the factory; the reactor accepts no connection before this.
-        reactor.callWhenRunning(self.configure_websockets)
+        # run() makes the factories; the reactor accepts no connection before this.
+        reactor.callWhenRunning(self.configure_factories)
         # Server code of this process publishes on the serving loop (chat.publish).
         reactor.callWhenRunning(current().adopt_running_loop)
         # What start-up made lives as long as the process: the collector need not
@@ -327,8 +398,9 @@ class DrainingServer(Server):
         gc.freeze()
         super().run()
 
-    def configure_websockets(self) -> None:
+    def configure_factories(self) -> None:
         self.ws_factory.protocol = ChatWebSocketProtocol
+        bound_request_bodies(self.http_factory)
         # A protocol violation, such as a frame over the size limit, is answered with
         # its close code (1009) rather than a dropped TCP connection (1006).
         self.ws_factory.setProtocolOptions(failByDrop=False)

@@ -212,14 +212,18 @@ CHAT_DRAIN_SECONDS = env_int("CHAT_DRAIN_SECONDS", minimum=0)
 
 # Room events from other code are bounded (chat.events); a member's own message, its
 # text JSON-escaped at worst 6 bytes a byte, must always fit.
-CHAT_MAX_EVENT_BYTES = env_int("CHAT_MAX_EVENT_BYTES", minimum=6 * CHAT_MAX_MESSAGE_BYTES + 1024)
+MIN_EVENT_BYTES = 6 * CHAT_MAX_MESSAGE_BYTES + 1024
+# Unset, at least the minimum: the default is below it past 10 KiB messages.
+CHAT_MAX_EVENT_BYTES = max(env_int("CHAT_MAX_EVENT_BYTES", MIN_EVENT_BYTES), MIN_EVENT_BYTES)
 
 # Publishing from server code (chat.publish) and the HTTP API (chat.http_api).
 CHAT_PUBLISH_TIMEOUT = env_int("CHAT_PUBLISH_TIMEOUT")
 CHAT_PUBLISH_KEY_TTL = env_int("CHAT_PUBLISH_KEY_TTL")
 CHAT_API_KEYS = env_list("CHAT_API_KEYS")
 CHAT_API_KEYS_FILE = env("CHAT_API_KEYS_FILE")
-if CHAT_API_KEYS_FILE:
+# A file that does not exist holds no keys (a Secret without the entry): the API is off
+# and says so (chat.http_api); one that cannot be read stops start-up.
+if CHAT_API_KEYS_FILE and os.path.exists(CHAT_API_KEYS_FILE):
     try:
         with open(CHAT_API_KEYS_FILE) as keys_file:
             CHAT_API_KEYS += [line.strip() for line in keys_file if line.strip()]
@@ -232,6 +236,9 @@ CHAT_API_MAX_BODY_BYTES = env_int("CHAT_API_MAX_BODY_BYTES")
 CHAT_API_RATE_LIMIT = env_int("CHAT_API_RATE_LIMIT")
 CHAT_API_RATE_BURST = env_int("CHAT_API_RATE_BURST")
 CHAT_API_MAX_ROOMS = env_int("CHAT_API_MAX_ROOMS")
+if CHAT_API_MAX_ROOMS > CHAT_API_RATE_BURST:
+    # A broadcast costs one request per room: a larger one could never be taken.
+    raise ImproperlyConfigured("CHAT_API_MAX_ROOMS must not be above CHAT_API_RATE_BURST")
 
 # --- Channel layer ----------------------------------------------------------
 #

@@ -151,13 +151,15 @@ VARIABLES = {
             "CHAT_API_KEYS_FILE",
             None,
             "A file of API keys, one per line (a mounted Kubernetes Secret); read at start-up"
-            " together with `CHAT_API_KEYS`.",
+            " together with `CHAT_API_KEYS`. A file that does not exist holds none (logged);"
+            " one that cannot be read stops start-up.",
         ),
         Variable(
             "CHAT_API_MAX_BODY_BYTES",
             65536,
-            "Largest HTTP API request body; a larger one is answered 413 `body_too_large`"
-            " before it is read whole.",
+            "Largest HTTP request body a replica reads, the HTTP API's included; a larger"
+            " one is answered 413 `body_too_large` as soon as it is declared or found larger,"
+            " the connection closed, and no more of it kept.",
         ),
         Variable(
             "CHAT_API_RATE_LIMIT",

@@ -53,7 +53,7 @@ def encoded(event):
 
 @pytest.fixture
 def fan_out():
-    return FanOut(msgpack.unpackb, MAX_EVENT_BYTES)
+    return FanOut(msgpack.unpackb, MAX_EVENT_BYTES, events.Drops())
 
 
 def member(fan_out, name="a", last_id=0):
@@ -216,7 +216,7 @@ def test_the_fan_out_decodes_once_and_queues_only_what_members_do_not_take():
         decoded.append(data)
         return msgpack.unpackb(data)
 
-    fan_out = FanOut(decode, MAX_EVENT_BYTES)
+    fan_out = FanOut(decode, MAX_EVENT_BYTES, events.Drops())
     taking, refusing = member(fan_out, "a"), member(fan_out, "b")
     refusing[1].full = True
     unsubscribed = BoundedChannelQueue(1 << 20, b"overflow")  # e.g. a sync consumer
@@ -229,7 +229,7 @@ def test_the_fan_out_decodes_once_and_queues_only_what_members_do_not_take():
 
 
 def test_a_room_without_subscriptions_here_is_not_decoded():
-    fan_out = FanOut(lambda data: pytest.fail("decoded"), MAX_EVENT_BYTES)
+    fan_out = FanOut(lambda data: pytest.fail("decoded"), MAX_EVENT_BYTES, events.Drops())
     inbox = BoundedChannelQueue(1 << 20, b"overflow")
     fan_out.handle_group_message(GROUP_CHANNEL, b"\x81", ["c"], {"c": inbox})
     assert inbox.qsize() == 1
@@ -259,6 +259,16 @@ def test_a_malformed_event_is_dropped_for_every_member_and_counted(fan_out, reas
         assert (socket.sent, inbox.qsize(), subscription.queued) == ([], 0, 0)
     publish(fan_out, chat_event(1), *members)  # the room goes on
     assert all(len(socket.sent) == 1 for _, socket, _ in members)
+
+
+@pytest.mark.parametrize("kind", ["channel.overflow", "history.catch_up"])
+def test_a_consumers_own_event_sent_to_the_group_is_dropped(fan_out, kind):
+    """Tests that an event the replica sends one consumer cannot be sent to a room: a
+    group_send of channel.overflow would close every member."""
+    members = [member(fan_out, name) for name in ("a", "b")]
+    publish(fan_out, {"type": kind}, *members)
+    for subscription, socket, inbox in members:
+        assert (socket.sent, inbox.qsize(), subscription.queued) == ([], 0, 0)
 
 
 def test_a_failing_member_gets_it_through_the_queue_and_the_others_at_once(fan_out):

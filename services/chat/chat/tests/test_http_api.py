@@ -8,6 +8,7 @@ import pytest
 from channels.testing import HttpCommunicator
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from chat import http_api
 from chat.http_api import STATUS
 from chatsite.asgi import application
 
@@ -94,6 +95,9 @@ async def test_broadcast_publishes_to_each_room_and_answers_per_room():
         ({"headers": [(b"content-type", b"text/plain")]}, "unsupported_media_type"),
         ({"raw": b"{not json"}, "invalid_json"),
         ({"raw": b'["text"]'}, "invalid_body"),
+        ({"raw": b"[" * 60000}, "invalid_json"),
+        ({"key": None, "headers": [(b"authorization", f"Basic {KEY}".encode())]}, "unauthorized"),
+        ({"raw": b'{"text": "\\ud800 lone"}'}, "invalid_text"),
         ({"body": {"message": "the tutorial's field"}}, "invalid_field"),
         ({"path": "/api/v1/rooms/no:room/messages", "body": {"text": "hi"}}, "invalid_room"),
         ({"body": {"text": ""}}, "invalid_text"),
@@ -165,3 +169,18 @@ async def test_redis_unavailable_is_503_with_retry_after(replica, monkeypatch):
     monkeypatch.setattr(replica.broker, "publish", refuse)
     status, headers, body = await post(body={"text": "hi"})
     assert (status, body["error"]["code"], headers[b"retry-after"]) == (503, "unavailable", b"1")
+
+
+async def test_a_broadcast_costs_a_request_per_room(settings):
+    settings.CHAT_API_RATE_LIMIT, settings.CHAT_API_RATE_BURST = 1, 3
+    status, _, _ = await post(BROADCAST, {"rooms": ["a", "b", "c"], "text": "hi"})
+    assert status == 200
+    assert error_code(await post(body={"text": "one more"})) == (429, "rate_limited")
+
+
+async def test_a_bug_is_answered_500_in_json(monkeypatch):
+    async def fails(room, content):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(http_api, "publish_one", fails)
+    assert error_code(await post(body={"text": "hi"})) == (500, "internal")

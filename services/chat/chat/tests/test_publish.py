@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.core.management import CommandError, call_command
 
 from chat import metrics
-from chat.publish import PublishError, asend_to_room, send_to_room
+from chat.publish import KEY_PREFIX, PublishError, asend_to_room, publish_request, send_to_room
 
 from .clients import ASYNC, join, quiet, receive, replayed
 
@@ -95,6 +95,7 @@ async def test_a_client_resuming_from_before_gets_it_from_the_history():
         (("lobby", "   "), "invalid_text"),
         (("lobby", 42), "invalid_text"),
         (("lobby", "x" * 4097), "text_too_large"),
+        (("lobby", "\ud800 a lone surrogate"), "invalid_text"),
         (("lobby", "hi", "x" * 33), "invalid_sender"),
         (("lobby", "hi", "\n"), "invalid_sender"),
         (("lobby", "hi", "bot", "a:b"), "invalid_key"),
@@ -128,6 +129,8 @@ async def test_the_tutorials_group_send_is_published_like_a_message():
         {"type": "chat.message", "frame": "{}", "id": "1", "epoch": "e", "sent_at": 1.0},
         {"type": "chat.shout", "text": "hi"},
         {"type": "presence.update", "frame": 42},
+        {"message": "no type"},
+        {"type": 5},
     ],
 )
 async def test_a_malformed_group_event_leaves_the_member_connected(event):
@@ -152,3 +155,26 @@ def test_the_command_publishes_and_a_retried_key_publishes_nothing():
     assert command().startswith("published to cmd-room: id 2, epoch ")
     with pytest.raises(CommandError, match="invalid_room"):
         call_command("send_to_room", "bad room", "hi", stdout=StringIO())
+
+
+async def test_no_answer_in_time_is_a_timeout_not_unavailable(replica, settings, monkeypatch):
+    """Tests that a publish that outlives CHAT_PUBLISH_TIMEOUT is reported as such: Redis
+    may hold it, so it must not be called "unavailable" (asyncio's TimeoutError is an
+    OSError, as the layer's errors are)."""
+    settings.CHAT_PUBLISH_TIMEOUT = 1
+
+    async def hang(request):
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(replica.broker, "publish", hang)
+    replica.adopt_running_loop()
+    with pytest.raises(PublishError) as timed_out:
+        await asend_to_room("lobby", "slow")
+    assert timed_out.value.code == "timeout"
+
+
+def test_only_a_key_is_remembered_for_its_ttl(settings):
+    keyless = publish_request("lobby", "hi", "bot", None)
+    keyed = publish_request("lobby", "hi", "bot", "job-1")
+    assert (keyless.ref, keyless.ref_ttl) == (None, None)
+    assert (keyed.ref, keyed.ref_ttl) == (f"{KEY_PREFIX}job-1", settings.CHAT_PUBLISH_KEY_TTL)

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import reactor, tcp
 
 from chatsite import serve
-from chatsite.serve import ChatWebSocketProtocol, check_write_internals
+from chatsite.serve import ChatWebSocketProtocol, check_server_internals
 
 
 class Transport:
@@ -76,13 +76,13 @@ async def test_a_closing_socket_is_not_waited_for(protocol, socket):
 
 
 def test_the_internals_the_writes_rely_on_are_there():
-    check_write_internals()
+    check_server_internals()
 
 
 def test_a_changed_twisted_fails_the_check(monkeypatch):
     monkeypatch.setattr(serve, "WRITE_INTERNALS", (*serve.WRITE_INTERNALS, "_renamedBuffer"))
-    with pytest.raises(serve.WriteInternalsChanged, match="_renamedBuffer"):
-        check_write_internals()
+    with pytest.raises(serve.ServerInternalsChanged, match="_renamedBuffer"):
+        check_server_internals()
 
 
 @pytest.fixture

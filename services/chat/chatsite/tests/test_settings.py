@@ -15,6 +15,10 @@ import pytest
         ("CHAT_CHANNEL_LAYER", "kafka", "CHAT_CHANNEL_LAYER must be one of"),
         ("CHAT_MAX_MESSAGE_BYTES", "lots", "must be a whole number"),
         ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE is required"),
+        ("CHAT_API_KEYS", "short", "every API key must be at least 16 characters long"),
+        ("CHAT_API_KEYS_FILE", "/", "CHAT_API_KEYS_FILE cannot be read"),
+        ("CHAT_API_MAX_ROOMS", "500", "CHAT_API_MAX_ROOMS must not be above CHAT_API_RATE_BURST"),
+        ("CHAT_MAX_EVENT_BYTES", "1000", "CHAT_MAX_EVENT_BYTES must be at least 25600"),
     ],
 )
 def test_bad_settings_fail_fast_with_a_clear_message(variable, value, message):
@@ -72,3 +76,40 @@ def test_secret_key_can_come_from_a_file(tmp_path):
     missing = run(env={"DJANGO_SECRET_KEY_FILE": str(tmp_path / "nope"), "PATH": "/usr/bin:/bin"})
     assert missing.returncode != 0
     assert "DJANGO_SECRET_KEY_FILE cannot be read" in missing.stderr
+
+
+def test_api_keys_come_from_the_variable_and_the_file(tmp_path):
+    """Tests that both sources are read, and that a keys file that does not exist (a
+    Secret without the entry) holds none rather than stopping start-up."""
+    code = "import json, chatsite.settings as s; print(json.dumps(s.CHAT_API_KEYS))"
+    keys = tmp_path / "keys"
+    keys.write_text("f" * 16 + "\n\n" + "g" * 16 + "\n")
+    run = functools.partial(
+        subprocess.run,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd="services/chat",
+        check=True,
+    )
+    environment = {"DJANGO_SECRET_KEY": "k", "PATH": "/usr/bin:/bin", "CHAT_API_KEYS": "e" * 16}
+    both = run(env={**environment, "CHAT_API_KEYS_FILE": str(keys)})
+    assert json.loads(both.stdout) == ["e" * 16, "f" * 16, "g" * 16]
+    absent = run(env={**environment, "CHAT_API_KEYS_FILE": str(tmp_path / "nope")})
+    assert json.loads(absent.stdout) == ["e" * 16]
+
+
+def test_the_event_bound_follows_the_message_bound():
+    """Tests that, unset, CHAT_MAX_EVENT_BYTES is never below what a member's largest
+    message needs once JSON-escaped."""
+    code = "import chatsite.settings as s; print(s.CHAT_MAX_EVENT_BYTES)"
+    environment = {"DJANGO_SECRET_KEY": "k", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environment, "CHAT_MAX_MESSAGE_BYTES": "20000"},
+        capture_output=True,
+        text=True,
+        cwd="services/chat",
+        check=True,
+    )
+    assert int(result.stdout) == 6 * 20000 + 1024
