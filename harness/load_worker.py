@@ -51,10 +51,11 @@ class Worker:
         self.window_end = 0.0
         self.disconnecting = False
         # With the HTTP API: {"urls": [replica URL, ...], "key": ..., "share": N}: every
-        # Nth message of a member is posted to a replica's API, the replicas in turn.
+        # Nth message of the worker's is posted to a replica's API, the replicas in turn.
         self.api = None
         self.api_client = None
         self.api_turn = 0
+        self.messages_made = 0  # by all of this worker's members: every Nth goes to the API
         self.reset()
 
     def reset(self):
@@ -205,7 +206,10 @@ class Worker:
             member.sequence += 1
             text = f"{label} {time.time():.6f} "
             text += "x" * (self.message_bytes - len(text))
-            if self.api is not None and member.sequence % self.api["share"] == 0:
+            self.messages_made += 1
+            # Counted over the worker, not per member: members send in step, so each
+            # member's Nth would put whole steps' shares on one side.
+            if self.api is not None and self.messages_made % self.api["share"] == 0:
                 await self.post(member, text)
                 next_at += interval
                 continue

@@ -64,7 +64,7 @@ FIELDS = [
 class ChatTarget:
     """A LocalCluster seen through nginx; its server CPU is the replicas', nginx's
     (master and workers) and every Redis server's and Sentinel's. With `api_share` N,
-    every Nth message of a member is posted to the replicas' HTTP API instead (target
+    every Nth message the members make is posted to the replicas' HTTP API instead (target
     "chat-api")."""
 
     def __init__(self, cluster, api_share=0):

@@ -125,8 +125,9 @@ def write_report(rows, args, command):
             f"in results.csv only), then the rates in turn, {args.repeats} round(s), the "
             f"targets ({args.targets}) step by step, their order reversed every other step. "
             "The cluster is never restarted. chat-api is the same cluster with every "
-            f"{args.api_share}th message of a member posted to a replica's HTTP API (the "
-            "replicas in turn) instead of sent on its socket."
+            f"{args.api_share}th message the members make (counted per generator process) "
+            "posted to a replica's HTTP API (the replicas in turn) instead of sent on the "
+            "member's socket."
         )
     report = f"""# Load test: {title}
 
@@ -198,7 +199,7 @@ def parse_args(argv=None):
         "--api-share",
         type=int,
         default=10,
-        help="chat-api: every Nth message of a member goes through the HTTP API",
+        help="chat-api: every Nth message goes through the HTTP API",
     )
     parser.add_argument(
         "--setting", action="append", default=[], help="a chat setting, e.g. CHAT_CONSUMER=sync"
