@@ -1,11 +1,22 @@
 """The settings (chatsite.settings), read from the environment in a fresh process."""
 
-import functools
 import json
 import subprocess
 import sys
 
 import pytest
+
+
+def settings_process(code, environment, check=False):
+    """`code` run in a fresh process with only `environment` (and a PATH)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": "/usr/bin:/bin", **environment},
+        capture_output=True,
+        text=True,
+        cwd="services/chat",
+        check=check,
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,16 +75,9 @@ def test_secret_key_can_come_from_a_file(tmp_path):
     code = "import chatsite.settings as s; print(s.SECRET_KEY)"
     secret = tmp_path / "key"
     secret.write_text("from-a-file\n")
-    run = functools.partial(
-        subprocess.run,
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd="services/chat",
-    )
-    found = run(env={"DJANGO_SECRET_KEY_FILE": str(secret), "PATH": "/usr/bin:/bin"})
+    found = settings_process(code, {"DJANGO_SECRET_KEY_FILE": str(secret)})
     assert found.stdout.strip() == "from-a-file"
-    missing = run(env={"DJANGO_SECRET_KEY_FILE": str(tmp_path / "nope"), "PATH": "/usr/bin:/bin"})
+    missing = settings_process(code, {"DJANGO_SECRET_KEY_FILE": str(tmp_path / "nope")})
     assert missing.returncode != 0
     assert "DJANGO_SECRET_KEY_FILE cannot be read" in missing.stderr
 
@@ -84,18 +88,11 @@ def test_api_keys_come_from_the_variable_and_the_file(tmp_path):
     code = "import json, chatsite.settings as s; print(json.dumps(s.CHAT_API_KEYS))"
     keys = tmp_path / "keys"
     keys.write_text("f" * 16 + "\n\n" + "g" * 16 + "\n")
-    run = functools.partial(
-        subprocess.run,
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd="services/chat",
-        check=True,
-    )
-    environment = {"DJANGO_SECRET_KEY": "k", "PATH": "/usr/bin:/bin", "CHAT_API_KEYS": "e" * 16}
-    both = run(env={**environment, "CHAT_API_KEYS_FILE": str(keys)})
+    environment = {"DJANGO_SECRET_KEY": "k", "CHAT_API_KEYS": "e" * 16}
+    both = settings_process(code, {**environment, "CHAT_API_KEYS_FILE": str(keys)}, check=True)
     assert json.loads(both.stdout) == ["e" * 16, "f" * 16, "g" * 16]
-    absent = run(env={**environment, "CHAT_API_KEYS_FILE": str(tmp_path / "nope")})
+    absent_file = {**environment, "CHAT_API_KEYS_FILE": str(tmp_path / "nope")}
+    absent = settings_process(code, absent_file, check=True)
     assert json.loads(absent.stdout) == ["e" * 16]
 
 
@@ -103,13 +100,6 @@ def test_the_event_bound_follows_the_message_bound():
     """Tests that, unset, CHAT_MAX_EVENT_BYTES is never below what a member's largest
     message needs once JSON-escaped."""
     code = "import chatsite.settings as s; print(s.CHAT_MAX_EVENT_BYTES)"
-    environment = {"DJANGO_SECRET_KEY": "k", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**environment, "CHAT_MAX_MESSAGE_BYTES": "20000"},
-        capture_output=True,
-        text=True,
-        cwd="services/chat",
-        check=True,
-    )
+    environment = {"DJANGO_SECRET_KEY": "k", "CHAT_MAX_MESSAGE_BYTES": "20000"}
+    result = settings_process(code, environment, check=True)
     assert int(result.stdout) == 6 * 20000 + 1024
