@@ -102,10 +102,29 @@ def test_the_chat_and_nginx_pods_spread_over_nodes_and_zones(name):
     constraints = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
     assert set(constraints) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     assert constraints["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    # Tainted nodes the pods cannot use must not count as empty domains.
+    assert constraints["kubernetes.io/hostname"]["nodeTaintsPolicy"] == "Honor"
     for constraint in constraints.values():
         assert constraint["maxSkew"] == 1
         assert constraint["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
         assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+@pytest.mark.parametrize("path", VARIANTS)
+def test_a_workload_an_hpa_scales_sets_no_replica_count(path):
+    """Tests that no apply resets what the HorizontalPodAutoscaler scaled to."""
+    objects = kustomize(path)
+    scaled = [
+        o["spec"]["scaleTargetRef"] for o in objects if o["kind"] == "HorizontalPodAutoscaler"
+    ]
+    assert scaled
+    for target in scaled:
+        workload = next(
+            o
+            for o in objects
+            if (o["kind"], o["metadata"]["name"]) == (target["kind"], target["name"])
+        )
+        assert "replicas" not in workload["spec"], f"{path}: {target['name']} sets replicas"
 
 
 def test_prometheus_scrapes_replicas_while_they_drain():
