@@ -8,6 +8,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from harness import deploy_files
 from harness.deploy_files import (
@@ -74,7 +75,6 @@ def test_the_expected_objects_are_there():
     """Tests that the base renders every expected object, with an autoscaling/v2 HPA."""
     kinds = {(o["kind"], o["metadata"]["name"]) for o in kustomize("k8s")}
     for expected in [
-        ("Namespace", "chat-cluster"),
         ("Deployment", "chat"),
         ("Service", "chat"),
         ("Service", "chat-replicas"),
@@ -108,6 +108,20 @@ def test_the_chat_and_nginx_pods_spread_over_nodes_and_zones(name):
         assert constraint["maxSkew"] == 1
         assert constraint["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
         assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+@pytest.mark.parametrize("path", VARIANTS)
+def test_no_kustomization_owns_the_namespace(path):
+    """Tests that `kubectl delete -k` cannot delete the namespace, and with it the Secret
+    made by hand and the PVCs."""
+    assert not [o for o in kustomize(path) if o["kind"] == "Namespace"]
+
+
+def test_the_namespace_file_is_the_kustomizations_and_restricted():
+    namespace = yaml.safe_load((ROOT / "k8s" / "namespace.yaml").read_text())
+    base = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
+    assert namespace["metadata"]["name"] == base["namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 @pytest.mark.parametrize("path", VARIANTS)
