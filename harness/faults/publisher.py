@@ -15,9 +15,8 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass
 
-from ..http import post_json
 from ..ledger import Message
-from ..publishing import room_messages_path
+from ..publishing import api_post, room_messages_path
 
 RETRY_PAUSE_S = 0.2
 POST_TIMEOUT_S = 5
@@ -103,15 +102,19 @@ class ApiPublisher:
         deadline = loop.time() + self.retry_for_s
         body = {"text": message.ref, "sender": "drill-api", "key": message.ref[-64:]}
         path = room_messages_path(message.client.room)
-        headers = {"Authorization": f"Bearer {self.key}"}
         while loop.time() < deadline:
             replica = next(self.replicas)
-            url = self.cluster.api_url(path, replica)
             message.attempts += 1
             message.last_sent = loop.time()
             try:
                 status, _, answer = await asyncio.to_thread(
-                    post_json, url, body, headers, POST_TIMEOUT_S
+                    api_post,
+                    self.cluster,
+                    path,
+                    body,
+                    replica=replica,
+                    key=self.key,
+                    timeout=POST_TIMEOUT_S,
                 )
             except OSError:  # refused, reset or timed out: a killed or restarting replica
                 self.statuses["no answer"] += 1

@@ -15,7 +15,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from . import metrics, protocol
+from . import events, metrics, protocol
 from .channel_layer import LAYER_ERRORS, Event
 from .fanout import FanOut, Subscription
 from .membership import Refusal, RoomMember
@@ -70,8 +70,7 @@ class ChatConsumer(RoomMember, AsyncWebsocketConsumer):
             if self.acceptable(message):
                 await self.handle(message)
         finally:
-            kind = message.get("type")
-            if not (isinstance(kind, str) and kind.startswith("websocket.")):
+            if not events.is_from_the_socket(message):
                 self.fan_out.handled(self.subscription)  # a message from its inbox
 
     async def handle(self, message: Event) -> None:

@@ -46,6 +46,13 @@ HINTS = {
 }
 
 
+def is_from_the_socket(message: Mapping[str, Any]) -> bool:
+    """A message of the consumer's own WebSocket (websocket.connect, .receive, ...), which
+    the server makes: not a channel-layer event, and not checked here."""
+    kind = message.get("type")
+    return isinstance(kind, str) and kind.startswith("websocket.")
+
+
 def is_chat_message(event: Mapping[str, Any]) -> bool:
     """A numbered chat message as the broker publishes it (chat.protocol.chat_event)."""
     message_id = event.get("id")

@@ -79,8 +79,7 @@ class RoomMember:
         """Whether the consumer may handle a message: the server's own (websocket.*) or
         a well-formed chat event; anything else sent to its group or channel is dropped
         and counted (chat.events), and the consumer goes on."""
-        kind = message.get("type")
-        if isinstance(kind, str) and kind.startswith("websocket."):
+        if events.is_from_the_socket(message):
             return True
         reason = events.problem(message, settings.CHAT_MAX_EVENT_BYTES)
         if reason is None:
